@@ -1,0 +1,128 @@
+"""Chapter 10: the training loop, checkpoints, resume, DDP and the command line, on a tiny synthetic set."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import p2s_lib.train as train_mod
+from p2s_lib.model import load_model
+from p2s_lib.train import (EpochSampler, TrainConfig, Trainer, TrainingDiverged, WarmupLinearDecay, main,
+                           resolve_classes)
+
+
+def tiny_config(root: Path, out: Path, **overrides) -> TrainConfig:
+    settings = dict(data_root=str(root), classes="synthetic", preset="nano", image_size=64, epochs=2,
+                    batch_size=4, num_workers=0, eval_images=4, eval_every=100, val_set="val", out=str(out))
+    return TrainConfig(**{**settings, **overrides})
+
+
+def test_schedule_warms_up_then_decays_to_final_fraction():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = WarmupLinearDecay(opt, total_steps=100, warmup_frac=0.1, final_frac=0.05)
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        sched.step()
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.05)
+
+
+def test_epoch_sampler_shards_cover_the_epoch_and_resume_mid_epoch():
+    shards = [EpochSampler(10, seed=3, rank=r, world_size=2) for r in range(2)]
+    for s in shards:
+        s.set_epoch(1)
+    a, b = list(shards[0]), list(shards[1])
+    assert sorted(a + b) == list(range(10)) and len(a) == len(b) == 5
+    shards[0].set_epoch(1, start=2)
+    assert list(shards[0]) == a[2:]
+    shards[0].set_epoch(2)
+    assert list(shards[0]) != a  # reshuffled every epoch
+
+
+def test_resolve_classes():
+    assert len(resolve_classes("voc", ".", "2007", "trainval")) == 20
+    assert resolve_classes("cat, dog", ".", "2007", "trainval") == ["cat", "dog"]
+    with pytest.raises(ValueError, match="unique"):
+        resolve_classes("cat,cat", ".", "2007", "trainval")
+
+
+def test_resume_equals_uninterrupted_run(synthetic_root, tmp_path):
+    Trainer(tiny_config(synthetic_root, tmp_path / "full")).fit()
+    Trainer(tiny_config(synthetic_root, tmp_path / "cut", stop_after_steps=3)).fit()
+    cut, _ = load_model(tmp_path / "cut" / "last.pt")
+    assert _["step"] == 3
+    Trainer(tiny_config(synthetic_root, tmp_path / "cut"), resume=tmp_path / "cut" / "last.pt").fit()
+    full, full_state = load_model(tmp_path / "full" / "last.pt")
+    resumed, resumed_state = load_model(tmp_path / "cut" / "last.pt")
+    assert full_state["step"] == resumed_state["step"] > 3
+    for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_checkpoints_log_and_plot_are_written(synthetic_root, tmp_path):
+    result = Trainer(tiny_config(synthetic_root, tmp_path, epochs=1)).fit()
+    assert {"last.pt", "best.pt", "log.csv", "curves.png"} <= {p.name for p in tmp_path.iterdir()}
+    assert 0.0 <= result["metrics"]["map_50"] <= 1.0
+    header = (tmp_path / "log.csv").read_text().splitlines()[0]
+    assert header.startswith("step,epoch,loss,lr")
+    assert not list(tmp_path.glob("*.tmp*"))  # atomic writes leave no temporaries
+
+
+def test_nan_loss_stops_with_clear_message_after_saving(synthetic_root, tmp_path, monkeypatch):
+    monkeypatch.setattr(train_mod, "weighted_cross_entropy", lambda *a: torch.tensor(float("nan"), requires_grad=True))
+    with pytest.raises(TrainingDiverged, match="loss is nan at step 0"):
+        Trainer(tiny_config(synthetic_root, tmp_path)).fit()
+    assert (tmp_path / "last.pt").exists()
+
+
+def test_cli_train_evaluate_predict(synthetic_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--data-root", str(synthetic_root), "--classes", "infer", "--preset", "nano",
+                 "--image-size", "64", "--epochs", "1", "--batch-size", "4", "--num-workers", "0",
+                 "--eval-images", "4", "--val-set", "val", "--out", str(out)]) == 0
+    assert main(["evaluate", "--checkpoint", str(out / "best.pt"), "--data-root", str(synthetic_root),
+                 "--image-set", "test", "--max-images", "4", "--out", str(tmp_path / "eval")]) == 0
+    printed = capsys.readouterr().out
+    metrics = json.loads(printed[printed.rindex("{\n"):])
+    assert {"map", "map_50", "voc_map_50"} <= set(metrics)
+    coco = json.loads((tmp_path / "eval" / "predictions_coco.json").read_text())
+    assert isinstance(coco, list)
+    images = synthetic_root / "VOCdevkit" / "VOC2007" / "JPEGImages"
+    first = sorted(images.iterdir())[0]
+    assert main(["predict", "--checkpoint", str(out / "best.pt"), str(first), "--out", str(tmp_path / "pics")]) == 0
+    assert (tmp_path / "pics" / f"{first.stem}.png").exists()
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["image"] == str(first) and isinstance(line["detections"], list)
+
+
+def test_bad_arguments_and_corrupt_checkpoint_give_clear_errors(synthetic_root, tmp_path, capsys):
+    assert main(["train", "--data-root", str(synthetic_root), "--preset", "huge"]) == 2
+    assert "--preset must be one of" in capsys.readouterr().err
+    assert main(["train", "--data-root", str(tmp_path / "nowhere")]) == 2
+    assert "download_voc.py" in capsys.readouterr().err
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"definitely not a checkpoint")
+    assert main(["evaluate", "--checkpoint", str(bad), "--data-root", str(synthetic_root)]) == 2
+    assert str(bad) in capsys.readouterr().err
+    assert main(["predict", "--checkpoint", str(bad), str(tmp_path)]) == 2
+    with pytest.raises(SystemExit):
+        main(["train", "--epochs", "three"])
+    assert main(["train", "--data-root", str(synthetic_root), "--resume", str(tmp_path / "missing.pt")]) == 2
+
+
+def test_ddp_two_processes_on_cpu(synthetic_root, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "p2s_lib",
+           "train", "--data-root", str(synthetic_root), "--classes", "synthetic", "--preset", "nano",
+           "--image-size", "64", "--epochs", "1", "--batch-size", "2", "--num-workers", "0",
+           "--eval-images", "6", "--val-set", "val", "--out", str(out), "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (out / "last.pt").exists() and (out / "log.csv").exists()
+    assert done.stdout.count('"metrics"') == 1  # only rank 0 reports
