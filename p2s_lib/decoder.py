@@ -3,7 +3,7 @@
 # %% auto #0
 __all__ = ['causal_mask', 'MultiHeadAttention', 'KVCache', 'DecoderLayer', 'Decoder']
 
-# %% ../notebooks/05_decoder.ipynb #ee419b74
+# %% ../notebooks/05_decoder.ipynb #bb55fa19
 import math
 import torch
 import torch.nn as nn
@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from .encoder import sincos_1d
 
-# %% ../notebooks/05_decoder.ipynb #b83a7bc0
+# %% ../notebooks/05_decoder.ipynb #18db5231
 def causal_mask(num_queries: int, num_keys: int, device=None) -> Tensor:
     """Bool [T, S], True where query i may attend key j. The T queries are the LAST T of the S
     positions, so query i sits at position S - T + i and sees keys 0 .. S - T + i (ch. 05)."""
@@ -19,7 +19,7 @@ def causal_mask(num_queries: int, num_keys: int, device=None) -> Tensor:
         raise ValueError(f"more queries than keys: {num_queries!r} > {num_keys!r}")
     return torch.ones(num_queries, num_keys, dtype=torch.bool, device=device).tril(num_keys - num_queries)
 
-# %% ../notebooks/05_decoder.ipynb #850db9ee
+# %% ../notebooks/05_decoder.ipynb #98b73ee4
 class MultiHeadAttention(nn.Module):
     """Multi-head attention whose keys/values are projected separately (`project_kv`),
     so a caller can compute them once and keep them (ch. 05)."""
@@ -64,7 +64,7 @@ class MultiHeadAttention(nn.Module):
                 out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
         return self.out_proj(out.transpose(1, 2).flatten(2)), weights
 
-# %% ../notebooks/05_decoder.ipynb #b93780a5
+# %% ../notebooks/05_decoder.ipynb #0d06cb2d
 class KVCache:
     """What incremental decoding keeps per layer: the cross-attention keys/values of the image
     (computed once) and the self-attention keys/values of every token seen so far (ch. 05)."""
@@ -88,7 +88,7 @@ class KVCache:
         K[:, :, self.length:end], V[:, :, self.length:end] = k, v
         return K[:, :, :end], V[:, :, :end]
 
-# %% ../notebooks/05_decoder.ipynb #e9d11c4b
+# %% ../notebooks/05_decoder.ipynb #52822c15
 class DecoderLayer(nn.Module):
     """Pre-LN decoder block: causal self-attention, cross-attention to the image, MLP (ch. 05)."""
     def __init__(self, d_model: int, num_heads: int, dim_feedforward: int, dropout: float):
@@ -114,7 +114,7 @@ class DecoderLayer(nn.Module):
         x = x + self.drop(self.mlp(self.norm3(x)))
         return x, (w_self, w_cross)
 
-# %% ../notebooks/05_decoder.ipynb #ed353694
+# %% ../notebooks/05_decoder.ipynb #46ffb15f
 def _init_weights(m: nn.Module) -> None:
     """GPT-style init: N(0, 0.02) weights, zero biases."""
     if isinstance(m, (nn.Linear, nn.Embedding)):

@@ -69,7 +69,7 @@ def test_checkpoints_log_and_plot_are_written(synthetic_root, tmp_path):
     assert {"last.pt", "best.pt", "log.csv", "curves.png"} <= {p.name for p in tmp_path.iterdir()}
     assert 0.0 <= result["metrics"]["map_50"] <= 1.0
     header = (tmp_path / "log.csv").read_text().splitlines()[0]
-    assert header.startswith("step,epoch,loss,lr")
+    assert header.startswith("step,epoch,train_minutes,loss,lr")
     assert not list(tmp_path.glob("*.tmp*"))  # atomic writes leave no temporaries
 
 

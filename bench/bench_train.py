@@ -1,0 +1,90 @@
+"""Chapter 10 benchmarks: training throughput, mAP after a fixed CPU budget, generation speed.
+
+    python bench/bench_train.py --minutes 5 15          # the issue's 5- and 15-minute budgets
+    python bench/bench_train.py --minutes 15 --ship notebooks/assets/nano_synthetic.pt
+
+Prints figures; it is not a test. The mAP runs train the `nano` preset on the default synthetic
+set (made if missing), evaluate on its val split during training (curve of AP50 against minutes)
+and report the best checkpoint on the held-out test split.
+"""
+import argparse
+import csv
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from p2s_lib.data import make_synthetic_voc
+from p2s_lib.inference import generate
+from p2s_lib.model import load_model, save_model
+from p2s_lib.train import TrainConfig, Trainer, build_dataset, collate_fn, evaluate_model, make_transforms
+
+
+def throughput(root: Path, out: Path, steps: int = 30, warmup: int = 5) -> float:
+    """Training images/s of `nano` (batch 8, 128 px, real data loading and sequence augmentation)."""
+    trainer = Trainer(TrainConfig(data_root=str(root), classes="synthetic", out=str(out), num_workers=1))
+    trainer.sampler.set_epoch(0)
+    loader = iter(torch.utils.data.DataLoader(trainer.train_data, batch_size=8, sampler=trainer.sampler,
+                                              collate_fn=collate_fn, num_workers=1, drop_last=True))
+    for i in range(warmup + steps):
+        if i == warmup:
+            tick = time.perf_counter()
+        trainer.train_step(*next(loader))
+    return steps * 8 / (time.perf_counter() - tick)
+
+
+def generation_speed(checkpoint: Path, root: Path, batch: int = 32) -> float:
+    """Images/s of batched, cached, delayed-EOS generation (full max_objects*5+1 tokens)."""
+    model, _ = load_model(checkpoint)
+    data = build_dataset(root, "2007", "val", ["circle", "square", "triangle", "star"], make_transforms(False, model.image_size))
+    images = torch.stack([data[i][0] for i in range(batch)])
+    generate(model.eval(), images[:2])
+    tick = time.perf_counter()
+    generate(model, images, generator=torch.Generator().manual_seed(0))
+    return batch / (time.perf_counter() - tick)
+
+
+def budget_run(root: Path, out: Path, minutes: float, **overrides) -> dict:
+    """Train `nano` for `minutes`, then score the best checkpoint on the test split."""
+    cfg = TrainConfig(data_root=str(root), classes="synthetic", epochs=10_000, max_minutes=minutes,
+                      val_set="val", eval_every=2, eval_images=200, out=str(out), num_workers=1, **overrides)
+    Trainer(cfg).fit()
+    model, info = load_model(out / "best.pt")
+    test = build_dataset(root, "2007", "test", info["class_names"], make_transforms(False, model.image_size))
+    metrics, _, _ = evaluate_model(model.eval(), test)
+    with (out / "log.csv").open() as f:
+        curve = [(round(float(r["train_minutes"]), 2), round(float(r["map_50"]), 3), round(float(r["map"]), 3))
+                 for r in csv.DictReader(f) if r["map_50"]]
+    return {"minutes": minutes, "test_map_50": round(metrics["map_50"], 4), "test_map": round(metrics["map"], 4),
+            "curve_train_minutes_map50_map": curve}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data-root", default="data/synthetic")
+    parser.add_argument("--out", default="runs/bench")
+    parser.add_argument("--minutes", type=float, nargs="*", default=[5, 15])
+    parser.add_argument("--ship", default=None, help="also save the longest run's best model (fp16) here")
+    args = parser.parse_args()
+    root, out = Path(args.data_root), Path(args.out)
+    if not (root / "VOCdevkit").exists():
+        make_synthetic_voc(root, seed=0)
+    print(json.dumps({"nano_train_images_per_s_cpu": round(throughput(root, out / "throughput"), 1),
+                      "threads": torch.get_num_threads()}))
+    for minutes in args.minutes:
+        run_dir = out / f"nano_{minutes:g}min"
+        print(json.dumps(budget_run(root, run_dir, minutes)), flush=True)
+        last = run_dir
+    print(json.dumps({"generation_images_per_s_batch32_cached": round(generation_speed(last / "best.pt", root), 1)}))
+    if args.ship:
+        model, info = load_model(last / "best.pt")
+        note = (f"nano preset, trained {max(args.minutes):g} CPU minutes by bench/bench_train.py on the default "
+                "synthetic set (make_synthetic_voc(seed=0)), best val AP50 checkpoint, stored in fp16")
+        save_model(model, args.ship, half=True, class_names=info["class_names"], note=note,
+                   metrics={k: v for k, v in info.get("metrics", {}).items() if isinstance(v, float)})
+        print("shipped", args.ship, Path(args.ship).stat().st_size // 1024, "KiB")
+
+
+if __name__ == "__main__":
+    main()
