@@ -1,0 +1,195 @@
+"""Chapter 05: causal mask, cacheable attention, the decoder and its key/value cache."""
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from hypothesis import given, settings, strategies as st
+
+from p2s_lib.decoder import Decoder, DecoderLayer, KVCache, MultiHeadAttention, causal_mask
+
+
+def small_decoder(**kw) -> Decoder:
+    torch.manual_seed(0)
+    args = dict(vocab_size=50, max_len=40, d_model=32, num_layers=2, num_heads=4, dim_feedforward=64, dropout=0.1)
+    return Decoder(**{**args, **kw}).eval()
+
+
+def test_causal_mask():
+    assert torch.equal(causal_mask(3, 3), torch.tensor([[1, 0, 0], [1, 1, 0], [1, 1, 1]], dtype=torch.bool))
+    # two new queries after three cached keys: positions 3 and 4
+    assert torch.equal(causal_mask(2, 5), torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]], dtype=torch.bool))
+    with pytest.raises(ValueError, match="more queries than keys"):
+        causal_mask(4, 3)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention_matches_torch_reference(causal):
+    torch.manual_seed(0)
+    d, h = 32, 4
+    ours = MultiHeadAttention(d, h).eval()
+    ref = nn.MultiheadAttention(d, h, batch_first=True).eval()
+    with torch.no_grad():
+        ref.in_proj_weight.copy_(torch.cat([ours.q_proj.weight, ours.kv_proj.weight]))
+        ref.in_proj_bias.copy_(torch.cat([ours.q_proj.bias, ours.kv_proj.bias]))
+        ref.out_proj.weight.copy_(ours.out_proj.weight)
+        ref.out_proj.bias.copy_(ours.out_proj.bias)
+    x = torch.randn(2, 7, d)
+    k, v = ours.project_kv(x)
+    mask = ~causal_mask(7, 7) if causal else None  # torch: True = NOT allowed
+    expected, expected_w = ref(x, x, x, attn_mask=mask, average_attn_weights=False)
+    fast, none = ours(x, k, v, causal=causal)
+    slow, w = ours(x, k, v, causal=causal, return_attention=True)
+    assert none is None
+    assert torch.allclose(fast, expected, atol=1e-5) and torch.allclose(slow, expected, atol=1e-5)
+    assert torch.allclose(w, expected_w, atol=1e-6)
+
+
+def test_attention_bad_heads():
+    with pytest.raises(ValueError, match="not divisible"):
+        MultiHeadAttention(30, 4)
+
+
+def test_kv_cache_append():
+    mha = MultiHeadAttention(16, 2)
+    cache = KVCache([mha.project_kv(torch.randn(3, 5, 16))], max_len=8)
+    assert cache.batch_size == 3 and cache.length == 0
+    k1, v1 = mha.project_kv(torch.randn(3, 2, 16))
+    K, V = cache.append(0, k1, v1)
+    assert K.shape == (3, 2, 2, 8) and torch.equal(K, k1) and torch.equal(V, v1)
+    cache.length = 2
+    k2, v2 = mha.project_kv(torch.randn(3, 1, 16))
+    K, V = cache.append(0, k2, v2)
+    assert K.shape == (3, 2, 3, 8) and torch.equal(K[:, :, 2:], k2) and torch.equal(K[:, :, :2], k1)
+
+
+def test_decoder_layer_shapes():
+    layer = DecoderLayer(32, 4, 64, 0.0).eval()
+    mem = torch.randn(2, 9, 32)
+    y, (ws, wc) = layer(torch.randn(2, 5, 32), layer.cross_attn.project_kv(mem), return_attention=True)
+    assert y.shape == (2, 5, 32) and ws.shape == (2, 4, 5, 5) and wc.shape == (2, 4, 5, 9)
+
+
+def test_decoder_shapes_and_tied_output():
+    dec = small_decoder()
+    tokens, mem = torch.randint(0, 50, (3, 12)), torch.randn(3, 7, 32)
+    logits = dec(tokens, mem)
+    assert logits.shape == (3, 12, 50)
+    # output layer = token embedding (transposed) + separate bias; no other output matrix
+    names = [n for n, _ in dec.named_parameters()]
+    assert "out_bias" in names and not any("head" in n or "lm" in n for n in names)
+    dec.out_bias.data.fill_(0.5)
+    h = dec.norm(torch.randn(4, 32))
+    assert torch.allclose(F.linear(h, dec.token_emb.weight, dec.out_bias), h @ dec.token_emb.weight.T + 0.5)
+    # gradients reach the embedding from the output side too
+    dec.train()
+    dec(tokens, mem).sum().backward()
+    assert dec.token_emb.weight.grad is not None and dec.out_bias.grad.abs().sum() > 0
+
+
+def test_decoder_is_causal():
+    dec = small_decoder()
+    tokens, mem = torch.randint(0, 50, (2, 15)), torch.randn(2, 7, 32)
+    changed = tokens.clone()
+    changed[:, 9] = (changed[:, 9] + 1) % 50
+    with torch.no_grad():
+        a, b = dec(tokens, mem), dec(changed, mem)
+    assert torch.allclose(a[:, :9], b[:, :9], atol=1e-6)
+    assert not torch.allclose(a[:, 9:], b[:, 9:], atol=1e-4)
+
+
+def test_cache_stepwise_equals_full_pass():
+    dec = small_decoder()
+    tokens, mem = torch.randint(0, 50, (2, 40)), torch.randn(2, 7, 32)
+    with torch.no_grad():
+        full = dec(tokens, mem)
+        cache = dec.new_cache(mem)
+        steps = torch.cat([dec(tokens[:, i:i + 1], cache=cache) for i in range(40)], dim=1)
+    assert cache.length == 40
+    assert torch.allclose(steps, full, atol=1e-5), (steps - full).abs().max()
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.lists(st.integers(1, 8), min_size=1, max_size=6))
+def test_cache_any_chunking_equals_full_pass(chunk_sizes):
+    dec = small_decoder()
+    total = sum(chunk_sizes)
+    g = torch.Generator().manual_seed(total)
+    tokens, mem = torch.randint(0, 50, (2, total), generator=g), torch.randn(2, 5, 32, generator=g)
+    with torch.no_grad():
+        full = dec(tokens, mem)
+        cache, out, start = dec.new_cache(mem), [], 0
+        for n in chunk_sizes:
+            out.append(dec(tokens[:, start:start + n], cache=cache))
+            start += n
+    assert torch.allclose(torch.cat(out, dim=1), full, atol=1e-5)
+
+
+def test_greedy_decoding_same_with_and_without_cache():
+    dec = small_decoder()
+    mem = torch.randn(2, 7, 32)
+    with torch.no_grad():
+        seq_a = torch.ones(2, 1, dtype=torch.long)
+        cache = dec.new_cache(mem)
+        for _ in range(25):
+            seq_a = torch.cat([seq_a, dec(seq_a[:, -1:], cache=cache)[:, -1].argmax(-1, keepdim=True)], 1)
+        seq_b = torch.ones(2, 1, dtype=torch.long)
+        for _ in range(25):
+            seq_b = torch.cat([seq_b, dec(seq_b, mem)[:, -1].argmax(-1, keepdim=True)], 1)
+    assert torch.equal(seq_a, seq_b)
+
+
+def test_cross_kv_computed_once_per_image():
+    dec = small_decoder()
+    calls = []
+    dec.layers[0].cross_attn.kv_proj.register_forward_hook(lambda *a: calls.append(1))
+    mem = torch.randn(1, 7, 32)
+    with torch.no_grad():
+        cache = dec.new_cache(mem)
+        for i in range(5):
+            dec(torch.tensor([[i]]), cache=cache)
+    assert len(calls) == 1
+
+
+def test_return_attention():
+    dec = small_decoder()
+    tokens, mem = torch.randint(0, 50, (2, 6)), torch.randn(2, 7, 32)
+    with torch.no_grad():
+        logits, attn = dec(tokens, mem, return_attention=True)
+        assert torch.allclose(logits, dec(tokens, mem), atol=1e-5)
+    assert len(attn["self"]) == len(attn["cross"]) == 2
+    assert attn["self"][1].shape == (2, 4, 6, 6) and attn["cross"][0].shape == (2, 4, 6, 7)
+    assert torch.allclose(attn["cross"][0].sum(-1), torch.ones(2, 4, 6), atol=1e-5)
+    assert (attn["self"][0][..., 0, 1:] == 0).all()  # first token sees only itself
+
+
+def test_decoder_errors():
+    dec = small_decoder(max_len=10)
+    mem = torch.randn(1, 3, 32)
+    with pytest.raises(ValueError, match="exceeds max_len 10"):
+        dec(torch.zeros(1, 11, dtype=torch.long), mem)
+    cache = dec.new_cache(mem)
+    dec(torch.zeros(1, 8, dtype=torch.long), cache=cache)
+    with pytest.raises(ValueError, match="exceeds max_len"):
+        dec(torch.zeros(1, 3, dtype=torch.long), cache=cache)
+    with pytest.raises(ValueError, match="cache holds 1 sequences, tokens have 2"):
+        dec(torch.zeros(2, 1, dtype=torch.long), cache=dec.new_cache(mem))
+    with pytest.raises(ValueError, match="memory is required"):
+        dec(torch.zeros(1, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"tokens \[B, T\]"):
+        dec(torch.zeros(4, dtype=torch.long), mem)
+
+
+def test_init_sincos():
+    dec = Decoder(vocab_size=10 + 64, max_len=52, d_model=64, num_layers=1, num_heads=4, dim_feedforward=32)
+    other = dec.token_emb.weight[:10].clone()
+    dec.init_sincos_(coord_offset=10, num_bins=64)
+    assert torch.equal(dec.token_emb.weight[:10], other)  # non-coordinate tokens untouched
+    bins = F.normalize(dec.token_emb.weight[10:].detach(), dim=1)
+    sim = bins @ bins.T
+    assert sim[20, 21] > 0.9 and sim[20, 60] < 0.3        # neighbours similar, far bins not
+    assert sim[20, 21] > sim[20, 23] > sim[20, 30]
+    assert abs(dec.token_emb.weight[10:].std().item() - 0.02) < 0.003
+    pos = F.normalize(dec.pos_emb.weight.detach(), dim=1)
+    assert (pos[10] @ pos[11]) > 0.9 and (pos[10] @ pos[11]) > (pos[10] @ pos[40])
+    with pytest.raises(ValueError, match="outside vocabulary"):
+        dec.init_sincos_(coord_offset=20, num_bins=64)

@@ -1,0 +1,172 @@
+"""Chapter 05b: presets, the Pix2Seq model, config round trip, attention maps."""
+import copy
+import io
+import json
+import urllib.error
+
+import pytest
+import torch
+import torchvision
+
+from p2s_lib.model import (PRESETS, CheckpointError, Pix2Seq, count_parameters, cross_attention_maps, load_model,
+                           save_model)
+from p2s_lib.tokenizer import Tokenizer
+
+
+@pytest.fixture(scope="module")
+def nano() -> Pix2Seq:
+    torch.manual_seed(0)
+    return Pix2Seq.from_preset("nano", num_classes=4).eval()
+
+
+def test_presets_have_the_same_fields():
+    assert set(PRESETS) == {"nano", "small", "r50"}
+    assert len({frozenset(p) for p in PRESETS.values()}) == 1
+    assert all(p["pretrained"] is False for p in PRESETS.values())
+
+
+def test_nano_matches_the_cpu_prototype(nano):
+    tok = nano.tokenizer
+    assert (tok.num_bins, tok.max_objects, nano.image_size) == (64, 10, 128)
+    assert len(nano.encoder.layers) == 0 and len(nano.decoder.layers) == 3 and nano.decoder.d_model == 192
+    assert nano.decoder.layers[0].self_attn.num_heads == 4
+    assert nano.decoder.layers[0].mlp[0].out_features == 4 * 192
+    assert 2.7e6 < count_parameters(nano) < 3.3e6  # prototype: 3.0M
+
+
+def test_forward_shapes(nano):
+    tok = nano.tokenizer
+    images = torch.rand(2, 3, 128, 128)
+    tokens = torch.randint(0, tok.vocab_size, (2, tok.max_seq_len - 1))
+    with torch.no_grad():
+        logits = nano(images, tokens)
+        memory = nano.encode(images)
+    assert logits.shape == (2, tok.max_seq_len - 1, tok.vocab_size)
+    assert memory.shape == (2, 64, 192)
+
+
+def test_r50_parameter_count_matches_paper():
+    model = Pix2Seq.from_preset("r50", num_classes=80)  # COCO; pretrained=False: nothing downloaded
+    n = count_parameters(model)
+    assert abs(n - 36.6e6) / 36.6e6 < 0.10, n
+    assert model.tokenizer.num_bins == 1000 and model.tokenizer.max_objects == 100 and model.image_size == 640
+    assert len(model.encoder.layers) == 6 and len(model.decoder.layers) == 6
+
+
+def test_small_preset_runs():
+    model = Pix2Seq.from_preset("small", num_classes=20).eval()
+    assert len(model.encoder.layers) == 2 and len(model.decoder.layers) == 4
+    with torch.no_grad():
+        logits = model(torch.rand(1, 3, 96, 96), torch.tensor([[1, 5, 30]]))
+    assert logits.shape == (1, 3, model.tokenizer.vocab_size)
+
+
+def test_overrides():
+    m = Pix2Seq.from_preset("nano", num_classes=3, num_bins=100, max_objects=4, image_size=96, dropout=0.0,
+                            decoder_layers=1)
+    assert m.tokenizer == Tokenizer(num_classes=3, num_bins=100, max_objects=4)
+    assert m.decoder.token_emb.num_embeddings == m.tokenizer.vocab_size
+    assert m.decoder.pos_emb.num_embeddings == m.tokenizer.max_seq_len == 22
+    assert m.image_size == 96 and len(m.decoder.layers) == 1 and m.decoder.drop.p == 0.0
+    with pytest.raises(ValueError, match=r"unknown preset field\(s\) \['bins'\]"):
+        Pix2Seq.from_preset("nano", num_classes=3, bins=10)
+    with pytest.raises(ValueError, match="unknown preset 'huge'"):
+        Pix2Seq.from_preset("huge", num_classes=3)
+
+
+def test_sincos_init_applied_by_preset():
+    on = Pix2Seq.from_preset("nano", num_classes=4)
+    off = Pix2Seq.from_preset("nano", num_classes=4, sincos_init=False)
+    def neighbour_sim(m):
+        e = m.decoder.token_emb.weight[m.tokenizer.coord_offset:].detach()
+        return torch.nn.functional.cosine_similarity(e[:-1], e[1:]).mean().item()
+    assert neighbour_sim(on) > 0.8 and abs(neighbour_sim(off)) < 0.2
+
+
+def test_config_round_trip(nano):
+    cfg = nano.config
+    assert json.loads(json.dumps(cfg)) == cfg  # plain data
+    buf = io.BytesIO()
+    torch.save({"config": cfg, "state_dict": nano.state_dict()}, buf)
+    buf.seek(0)
+    ckpt = torch.load(buf)
+    rebuilt = Pix2Seq.from_config(ckpt["config"]).eval()
+    rebuilt.load_state_dict(ckpt["state_dict"])
+    assert rebuilt.config == cfg and rebuilt.tokenizer == nano.tokenizer and rebuilt.image_size == nano.image_size
+    images, tokens = torch.rand(1, 3, 128, 128), torch.tensor([[1, 20, 30, 40, 50, 3]])
+    with torch.no_grad():
+        assert torch.equal(rebuilt(images, tokens), nano(images, tokens))
+
+
+def test_from_config_does_not_download(monkeypatch):
+    def offline(*a, **k):
+        raise urllib.error.URLError("offline")
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
+    cfg = copy.deepcopy(Pix2Seq.from_preset("small", num_classes=2).config)
+    cfg["encoder"]["pretrained"] = True  # as saved by a run that started from ImageNet weights
+    model = Pix2Seq.from_config(cfg)     # weights will come from the checkpoint: no download
+    assert model.config["encoder"]["backbone"] == "resnet18"
+    with pytest.raises(RuntimeError, match="pretrained=False"):
+        Pix2Seq.from_config(cfg, pretrained=True)
+
+
+def test_constructor_checks():
+    tok = Tokenizer(num_classes=2, num_bins=16, max_objects=3)
+    enc = dict(backbone="tiny", d_model=64, num_layers=0)
+    m = Pix2Seq(tok, enc, dict(num_layers=1, num_heads=4, dim_feedforward=64), image_size=64)
+    assert m.decoder.d_model == 64 and m.tokenizer is tok
+    with pytest.raises(ValueError, match="d_model differ"):
+        Pix2Seq(tok, enc, dict(d_model=32), image_size=64)
+    with pytest.raises(ValueError, match="comes from the tokenizer"):
+        Pix2Seq(tok, enc, dict(vocab_size=10), image_size=64)
+
+
+def test_cache_agrees_with_teacher_forcing(nano):
+    images = torch.rand(2, 3, 128, 128)
+    tokens = torch.randint(0, nano.tokenizer.vocab_size, (2, 8))
+    with torch.no_grad():
+        full = nano(images, tokens)
+        cache = nano.decoder.new_cache(nano.encode(images))
+        steps = torch.cat([nano.decoder(tokens[:, i:i + 1], cache=cache) for i in range(8)], dim=1)
+    assert torch.allclose(steps, full, atol=1e-5)
+
+
+def test_cross_attention_maps(nano):
+    maps = cross_attention_maps(nano, torch.rand(2, 3, 128, 96), torch.tensor([[1, 10, 20], [1, 11, 21]]))
+    assert maps.shape == (2, 3, 8, 6)
+    assert torch.allclose(maps.sum((-2, -1)), torch.ones(2, 3), atol=1e-5)
+
+
+def test_save_and_load_model(nano, tmp_path):
+    images, tokens = torch.rand(1, 3, 128, 128), torch.tensor([[1, 20, 30, 40, 50, 3]])
+    with torch.no_grad():
+        expected = nano(images, tokens)
+    path = save_model(nano, tmp_path / "sub" / "nano.pt", class_names=["a", "b", "c", "d"], step=7)
+    assert path.is_file() and not list(path.parent.glob(".*.tmp"))
+    model, extra = load_model(path)
+    assert extra == {"format": "p2s-checkpoint", "class_names": ["a", "b", "c", "d"], "step": 7}
+    with torch.no_grad():
+        assert torch.equal(model.eval()(images, tokens), expected)
+    half = save_model(nano, tmp_path / "half.pt", half=True)
+    assert half.stat().st_size < 0.6 * path.stat().st_size
+    model, _ = load_model(half)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    with torch.no_grad():
+        assert torch.allclose(model.eval()(images, tokens), expected, atol=2e-2)
+
+
+def test_load_model_errors(nano, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+        load_model(tmp_path / "missing.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a torch file")
+    with pytest.raises(CheckpointError, match="junk.pt: not a readable checkpoint"):
+        load_model(tmp_path / "junk.pt")
+    torch.save({"state_dict": {}}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not a p2s checkpoint"):
+        load_model(tmp_path / "other.pt")
+    path = save_model(nano, tmp_path / "nano.pt")
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["config"]["decoder"]["num_layers"] = 2
+    torch.save(ckpt, tmp_path / "mismatch.pt")
+    with pytest.raises(CheckpointError, match="weights don't match"):
+        load_model(tmp_path / "mismatch.pt")
