@@ -46,8 +46,8 @@ def main() -> None:
         make_synthetic_voc(root, seed=0)
     for name, augment in (("with_sequence_augmentation", True), ("without", False)):
         cfg = TrainConfig(data_root=str(root), classes="synthetic", epochs=10_000, max_minutes=args.minutes,
-                          val_set="val", eval_every=2, eval_images=200, out=str(out / name), num_workers=1,
-                          sequence_augmentation=augment, delayed_eos=augment)
+                          val_set="val", eval_every=2, eval_images=200, out=str(out / name), num_workers=0,
+                          sequence_augmentation=augment, delayed_eos=augment, scale_min=1.0, scale_max=1.0)
         Trainer(cfg).fit()
         result = {"run": name, "minutes": args.minutes,
                   "delayed_eos": test_map(out / name / "best.pt", root, delayed_eos=True),

@@ -4,14 +4,14 @@
 __all__ = ['BACKBONES', 'IMAGENET_MEAN', 'IMAGENET_STD', 'sincos_1d', 'sincos_2d_position_embedding', 'ConvBNReLU', 'TinyCNN',
            'build_backbone', 'ImageEncoder']
 
-# %% ../notebooks/04_encoder.ipynb #f262ee31
+# %% ../notebooks/04_encoder.ipynb #bd601f76
 import math
 import torch
 import torch.nn as nn
 import torchvision
 from torch import Tensor
 
-# %% ../notebooks/04_encoder.ipynb #4d065a31
+# %% ../notebooks/04_encoder.ipynb #6679219e
 def sincos_1d(positions: Tensor, dim: int, temperature: float = 10000.0) -> Tensor:
     """Sin-cos codes of real-valued `positions` [n] -> [n, dim]: dim/2 sines then dim/2 cosines,
     frequencies from 1 down to 1/temperature radians per unit (ch. 04)."""
@@ -21,7 +21,7 @@ def sincos_1d(positions: Tensor, dim: int, temperature: float = 10000.0) -> Tens
     angles = torch.as_tensor(positions, dtype=torch.float64)[:, None] * omega[None, :]
     return torch.cat([angles.sin(), angles.cos()], dim=1).float()
 
-# %% ../notebooks/04_encoder.ipynb #51a73014
+# %% ../notebooks/04_encoder.ipynb #31abbf23
 def sincos_2d_position_embedding(h: int, w: int, dim: int, temperature: float = 10000.0) -> Tensor:
     """Position codes of an h x w grid in row-major order -> [h*w, dim]:
     the first dim/2 channels code the row y, the last dim/2 the column x (ch. 04)."""
@@ -33,7 +33,7 @@ def sincos_2d_position_embedding(h: int, w: int, dim: int, temperature: float = 
     return torch.cat([sincos_1d(ys.flatten(), dim // 2, temperature),
                       sincos_1d(xs.flatten(), dim // 2, temperature)], dim=1)
 
-# %% ../notebooks/04_encoder.ipynb #f7005e3c
+# %% ../notebooks/04_encoder.ipynb #b5237964
 class ConvBNReLU(nn.Sequential):
     """3x3 convolution, batch norm, ReLU (ch. 04)."""
     def __init__(self, c_in: int, c_out: int, stride: int = 1):
@@ -52,7 +52,7 @@ class TinyCNN(nn.Sequential):
         super().__init__(*layers)
         self.out_channels, self.stride = c, 2 ** len(widths)
 
-# %% ../notebooks/04_encoder.ipynb #b93ce8fd
+# %% ../notebooks/04_encoder.ipynb #5beef11d
 BACKBONES = ("resnet50", "resnet18", "tiny")
 _RESNETS = {  # name -> (torchvision weights enum, weights tag, output channels)
     "resnet50": ("ResNet50_Weights", "IMAGENET1K_V2", 2048),
@@ -85,7 +85,7 @@ def build_backbone(name: str = "resnet50", pretrained: bool = False) -> tuple[nn
     trunk.stride = 32
     return trunk, channels
 
-# %% ../notebooks/04_encoder.ipynb #2e3290a0
+# %% ../notebooks/04_encoder.ipynb #6a3360ac
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 

@@ -3,21 +3,21 @@
 # %% auto #0
 __all__ = ['teacher_forcing', 'token_weights', 'weighted_cross_entropy']
 
-# %% ../notebooks/06_loss.ipynb #8f49515b
+# %% ../notebooks/06_loss.ipynb #29917b58
 import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from .tokenizer import Tokenizer
 
-# %% ../notebooks/06_loss.ipynb #1026ac3a
+# %% ../notebooks/06_loss.ipynb #1b7cfd86
 def teacher_forcing(seq: Tensor) -> tuple[Tensor, Tensor]:
     """Full sequences [B, L] (BOS ... EOS PAD..) -> (input = seq[:, :-1], target = seq[:, 1:]) (ch. 06)."""
     if seq.ndim != 2 or seq.shape[1] < 2:
         raise ValueError(f"expected sequences [B, L] with L >= 2, got shape {tuple(seq.shape)}")
     return seq[:, :-1], seq[:, 1:]
 
-# %% ../notebooks/06_loss.ipynb #20840a45
+# %% ../notebooks/06_loss.ipynb #17ecdc2b
 def token_weights(target: Tensor, tokenizer: Tokenizer, eos_weight: float = 0.1,
                   noise_coord_mask: Tensor | None = None) -> Tensor:
     """Per-target-token loss weights [B, T]: 1 for real tokens, `eos_weight` where the target is
@@ -33,7 +33,7 @@ def token_weights(target: Tensor, tokenizer: Tokenizer, eos_weight: float = 0.1,
         w[noise_coord_mask] = 0.0
     return w
 
-# %% ../notebooks/06_loss.ipynb #55e9813c
+# %% ../notebooks/06_loss.ipynb #8923945a
 def weighted_cross_entropy(logits: Tensor, target: Tensor, weights: Tensor) -> Tensor:
     """Σ w·CE / Σ w over all target tokens; logits [B, T, V], target/weights [B, T] (ch. 06).
     All-zero weights give 0 (still differentiable)."""

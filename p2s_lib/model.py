@@ -3,7 +3,7 @@
 # %% auto #0
 __all__ = ['PRESETS', 'Pix2Seq', 'count_parameters', 'CheckpointError', 'save_model', 'load_model', 'cross_attention_maps']
 
-# %% ../notebooks/05b_model.ipynb #baae8c37
+# %% ../notebooks/05b_model.ipynb #902d53fb
 import copy
 import inspect
 import os
@@ -15,7 +15,7 @@ from .tokenizer import Tokenizer
 from .encoder import ImageEncoder
 from .decoder import Decoder
 
-# %% ../notebooks/05b_model.ipynb #2696923b
+# %% ../notebooks/05b_model.ipynb #a628e5ea
 PRESETS: dict[str, dict] = {
     # CPU positive control (pix2seq.md §8): trains in minutes at 128 px
     "nano": dict(backbone="tiny", pretrained=False, d_model=192, encoder_layers=0, decoder_layers=3,
@@ -31,7 +31,7 @@ PRESETS: dict[str, dict] = {
                 max_objects=100, sincos_init=False),
 }
 
-# %% ../notebooks/05b_model.ipynb #e448752f
+# %% ../notebooks/05b_model.ipynb #526d5e0e
 class Pix2Seq(nn.Module):
     """Image encoder + token decoder + the tokenizer that defines the vocabulary (ch. 05b).
     `tokenizer`: a Tokenizer or its kwargs; `encoder`: ImageEncoder kwargs; `decoder`: Decoder kwargs
@@ -93,12 +93,12 @@ class Pix2Seq(nn.Module):
         """Teacher-forced logits [B, T, vocab] of the next token at each input position."""
         return self.decoder(input_tokens, self.encode(images), return_attention=return_attention)
 
-# %% ../notebooks/05b_model.ipynb #15dab735
+# %% ../notebooks/05b_model.ipynb #99c29560
 def count_parameters(module: nn.Module) -> int:
     """Number of parameters of a module (ch. 05b)."""
     return sum(p.numel() for p in module.parameters())
 
-# %% ../notebooks/05b_model.ipynb #efff2ed7
+# %% ../notebooks/05b_model.ipynb #f2d4e2c1
 class CheckpointError(ValueError):
     """A file that can't be read back as a p2s checkpoint."""
 
@@ -136,7 +136,7 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
         raise CheckpointError(f"{path}: weights don't match the stored config ({str(e)[:300]})") from None
     return model.to(map_location), ckpt
 
-# %% ../notebooks/05b_model.ipynb #2caba91b
+# %% ../notebooks/05b_model.ipynb #a7fbfb57
 @torch.no_grad()
 def cross_attention_maps(model: Pix2Seq, images: Tensor, input_tokens: Tensor, layer: int = -1) -> Tensor:
     """Cross-attention of every input position over the image grid, averaged over heads:

@@ -338,3 +338,9 @@ def test_plot_pr_curves():
     assert len(ax.lines) == 1 and "thing" in ax.get_legend().get_texts()[0].get_text()
     with pytest.raises(ValueError, match="iou_threshold"):
         plot_pr_curves(r, iou_threshold=0.42)
+
+
+def test_evaluate_restores_thread_count():
+    n = torch.get_num_threads()
+    evaluate(*worked())
+    assert torch.get_num_threads() == n
