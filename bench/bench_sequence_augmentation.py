@@ -39,16 +39,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-root", default="data/synthetic")
     parser.add_argument("--out", default="runs/bench_seqaug")
-    parser.add_argument("--minutes", type=float, default=10)
+    parser.add_argument("--minutes", type=float, default=15)
+    parser.add_argument("--runs", nargs="+", default=["with_sequence_augmentation", "without"])
+    parser.add_argument("--reuse", action="store_true", help="score an existing OUT/RUN/best.pt instead of training")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (1 lets two runs share 2 cores)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     root, out = Path(args.data_root), Path(args.out)
     if not (root / "VOCdevkit").exists():
         make_synthetic_voc(root, seed=0)
-    for name, augment in (("with_sequence_augmentation", True), ("without", False)):
+    for name in args.runs:
+        augment = name == "with_sequence_augmentation"
         cfg = TrainConfig(data_root=str(root), classes="synthetic", epochs=10_000, max_minutes=args.minutes,
                           val_set="val", eval_every=2, eval_images=200, out=str(out / name), num_workers=0,
                           sequence_augmentation=augment, delayed_eos=augment, scale_min=1.0, scale_max=1.0)
-        Trainer(cfg).fit()
+        if not (args.reuse and (out / name / "best.pt").exists()):
+            Trainer(cfg).fit()
         result = {"run": name, "minutes": args.minutes,
                   "delayed_eos": test_map(out / name / "best.pt", root, delayed_eos=True),
                   "stop_at_eos": test_map(out / name / "best.pt", root, delayed_eos=False)}

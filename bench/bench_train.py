@@ -72,7 +72,13 @@ def main() -> None:
     parser.add_argument("--out", default="runs/bench")
     parser.add_argument("--minutes", type=float, nargs="*", default=[5, 15])
     parser.add_argument("--ship", default=None, help="also save the longest run's best model (fp16) here")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (1 lets two runs share 2 cores)")
+    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--dropout", type=float, default=None)
+    parser.add_argument("--order", default="random")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     root, out = Path(args.data_root), Path(args.out)
     if not (root / "VOCdevkit").exists():
         make_synthetic_voc(root, seed=0)
@@ -80,13 +86,15 @@ def main() -> None:
                       "threads": torch.get_num_threads()}))
     for minutes in args.minutes:
         run_dir = out / f"nano_{minutes:g}min"
-        print(json.dumps(budget_run(root, run_dir, minutes)), flush=True)
+        result = budget_run(root, run_dir, minutes, lr=args.lr, dropout=args.dropout, order=args.order)
+        print(json.dumps({**result, "lr": args.lr, "dropout": args.dropout, "order": args.order}), flush=True)
         last = run_dir
     print(json.dumps({"generation_images_per_s_batch32_cached": round(generation_speed(last / "best.pt", root), 1)}))
     if args.ship:
         model, info = load_model(last / "best.pt")
-        note = (f"nano preset, trained {max(args.minutes):g} CPU minutes by bench/bench_train.py on the default "
-                "synthetic set (make_synthetic_voc(seed=0)), best val AP50 checkpoint, stored in fp16")
+        note = (f"nano preset, trained {max(args.minutes):g} CPU minutes by bench/bench_train.py (lr {args.lr:g}, "
+                f"dropout {args.dropout}, order {args.order}) on the default synthetic set "
+                "(make_synthetic_voc(seed=0)); best val AP50 checkpoint, stored in fp16")
         save_model(model, args.ship, half=True, class_names=info["class_names"], note=note,
                    metrics={k: v for k, v in info.get("metrics", {}).items() if isinstance(v, float)})
         print("shipped", args.ship, Path(args.ship).stat().st_size // 1024, "KiB")

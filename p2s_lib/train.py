@@ -7,7 +7,7 @@ __all__ = ['LOG_FIELDS', 'TrainConfig', 'resolve_classes', 'build_dataset', 'See
            'add_train_arguments', 'cli_train', 'validate_config', 'draw_detections', 'save_png', 'read_image_for_model',
            'cli_evaluate', 'image_paths', 'cli_predict', 'cli_demo', 'build_parser', 'main']
 
-# %% ../notebooks/10_train_voc.ipynb #6cb39e46
+# %% ../notebooks/10_train_voc.ipynb #093d4fbf
 import argparse
 import csv
 import json
@@ -31,7 +31,7 @@ from .loss import weighted_cross_entropy
 from .inference import predict
 from .metrics import evaluate, export_coco_json
 
-# %% ../notebooks/10_train_voc.ipynb #cb2c98e8
+# %% ../notebooks/10_train_voc.ipynb #4f25ead2
 @dataclass
 class TrainConfig:
     """Everything a run needs; stored in every checkpoint so `--resume` rebuilds the same run."""
@@ -43,6 +43,7 @@ class TrainConfig:
     classes: str = "voc"               # "voc", "synthetic", "infer", or "a,b,c"
     preset: str = "nano"
     image_size: int | None = None      # None: the preset's size
+    dropout: float | None = None       # None: the preset's dropout
     epochs: int = 10
     max_minutes: float | None = None   # wall-clock budget for the whole run, evaluation included
     batch_size: int = 8
@@ -75,7 +76,7 @@ class TrainConfig:
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(self.device)
 
-# %% ../notebooks/10_train_voc.ipynb #8a3e0e8e
+# %% ../notebooks/10_train_voc.ipynb #e464b49a
 def resolve_classes(spec: str, root: str | Path, year: str, image_set: str) -> list[str]:
     """Class names from `--classes`: VOC's 20, the synthetic 4, read from the annotations, or a list."""
     if spec == "voc":
@@ -96,7 +97,7 @@ def build_dataset(root: str | Path, years: str, image_set: str, classes: list[st
              for y in years.split("+")]
     return parts[0] if len(parts) == 1 else ConcatDataset(parts)
 
-# %% ../notebooks/10_train_voc.ipynb #fe694559
+# %% ../notebooks/10_train_voc.ipynb #9e78ef6f
 class SeededTransforms(Dataset):
     """Wraps a dataset so each sample's augmentation depends only on (seed, epoch, index).
 
@@ -137,7 +138,7 @@ class EpochSampler(torch.utils.data.Sampler):
     def __len__(self) -> int:
         return self.per_rank - self.start
 
-# %% ../notebooks/10_train_voc.ipynb #a0404e80
+# %% ../notebooks/10_train_voc.ipynb #43460532
 class WarmupLinearDecay:
     """Learning-rate factor: linear warmup, then linear decay to `final_frac` at `total_steps`.
 
@@ -173,7 +174,7 @@ class WarmupLinearDecay:
         self.__dict__.update(state)
         self._apply()
 
-# %% ../notebooks/10_train_voc.ipynb #a4bff926
+# %% ../notebooks/10_train_voc.ipynb #ade2bc78
 def setup_distributed() -> tuple[int, int]:
     """(rank, world_size); joins the process group when launched by `torchrun`."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -202,7 +203,7 @@ def gather_lists(items: list) -> list:
     dist.all_gather_object(gathered, items)
     return [x for part in gathered for x in part]
 
-# %% ../notebooks/10_train_voc.ipynb #50ec9ea0
+# %% ../notebooks/10_train_voc.ipynb #cdaa9e67
 def summary_metrics(metrics: dict) -> dict:
     """The scalar entries of chapter 09's metrics (JSON-ready), without curves and tensors."""
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
@@ -237,7 +238,7 @@ def evaluate_model(model: Pix2Seq, dataset: Dataset, batch_size: int = 32, max_i
     preds, targets = [preds[i] for i in by_index], [targets[i] for i in by_index]
     return evaluate(preds, targets, num_classes=model.tokenizer.num_classes), preds, targets
 
-# %% ../notebooks/10_train_voc.ipynb #cee9df4f
+# %% ../notebooks/10_train_voc.ipynb #dd23ac23
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or inf; the last good state was saved first."""
 
@@ -260,7 +261,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.class_names = state["class_names"] if state else resolve_classes(
             cfg.classes, cfg.data_root, cfg.year, cfg.train_set)
-        overrides = {"image_size": cfg.image_size} if cfg.image_size else {}
+        overrides = {k: v for k, v in (("image_size", cfg.image_size), ("dropout", cfg.dropout)) if v is not None}
         self.model = (Pix2Seq.from_config(state["config"]) if state else
                       Pix2Seq.from_preset(cfg.preset, num_classes=len(self.class_names), **overrides)).to(self.device)
         self.tokenizer, size = self.model.tokenizer, self.model.image_size
@@ -281,6 +282,8 @@ class Trainer:
                                           cfg.warmup_frac, cfg.final_lr_frac)
         self.step, self.best, self.history, self.train_seconds = 0, -1.0, [], 0.0
         self.last_eval_step = -1
+        if state is None and self.is_main:  # a fresh run starts a fresh log
+            (self.out / "log.csv").unlink(missing_ok=True)
         if state is not None:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -451,7 +454,7 @@ def load_training_state(path: str | Path) -> dict:
         raise ValueError(f"{path}: a model-only checkpoint, can't resume training (missing {sorted(missing)})")
     return {**state, "config": model.config, "model": model.state_dict()}
 
-# %% ../notebooks/10_train_voc.ipynb #5081ed5d
+# %% ../notebooks/10_train_voc.ipynb #a50bc1b9
 def plot_history(history: list[dict], path: str | Path | None = None):
     """Loss, learning rate and mAP against steps, as one figure (saved as PNG when `path` is given)."""
     import matplotlib.pyplot as plt
@@ -470,7 +473,7 @@ def plot_history(history: list[dict], path: str | Path | None = None):
         plt.close(fig)
     return fig
 
-# %% ../notebooks/10_train_voc.ipynb #5f9446a0
+# %% ../notebooks/10_train_voc.ipynb #4add90ff
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """One `--flag` per TrainConfig field (underscores become dashes)."""
     for f in fields(TrainConfig):
@@ -516,7 +519,7 @@ def validate_config(cfg: TrainConfig) -> None:
         if not ok:
             raise ValueError(message)
 
-# %% ../notebooks/10_train_voc.ipynb #cf820da0
+# %% ../notebooks/10_train_voc.ipynb #52a2c9b6
 def draw_detections(image: torch.Tensor, prediction: dict, class_names: list[str],
                     score_threshold: float = 0.3) -> torch.Tensor:
     """uint8 [3,H,W] image with the detections above `score_threshold` drawn and labelled."""
@@ -598,7 +601,7 @@ def cli_predict(args: argparse.Namespace) -> list[dict]:
         print(json.dumps(results[-1]))
     return results
 
-# %% ../notebooks/10_train_voc.ipynb #06a3d536
+# %% ../notebooks/10_train_voc.ipynb #80b5e6b2
 def cli_demo(args: argparse.Namespace) -> dict:
     """The README's main job: synthetic VOC-format data, a CPU-sized run, mAP, a picture."""
     from torchvision.utils import make_grid
@@ -606,9 +609,10 @@ def cli_demo(args: argparse.Namespace) -> dict:
     if not (root / "VOCdevkit" / "VOC2007").is_dir():
         print(f"making the synthetic VOC-format set in {root} ...")
         make_synthetic_voc(root, seed=0)
+    # flip only: on a CPU budget the paper's 0.3-2.0 scale jitter shrinks objects to a few pixels
     cfg = TrainConfig(data_root=str(root), classes="synthetic", preset="nano", epochs=10_000,
                       max_minutes=args.minutes, val_set="val", eval_every=2, eval_images=200, out=str(out),
-                      num_workers=args.num_workers, seed=args.seed)
+                      num_workers=args.num_workers, seed=args.seed, scale_min=1.0, scale_max=1.0)
     Trainer(cfg).fit()
     model, info = load_model(out / "best.pt")
     test = build_dataset(root, "2007", "test", info["class_names"], make_transforms(False, model.image_size))
@@ -624,7 +628,8 @@ def cli_demo(args: argparse.Namespace) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="p2s", description="Pix2Seq: train, evaluate and predict on VOC-format data.")
+    parser = argparse.ArgumentParser(prog="p2s", description="Pix2Seq: train, evaluate and predict on VOC-format data.",
+                                     formatter_class=lambda prog: argparse.HelpFormatter(prog, width=100))
     sub = parser.add_subparsers(dest="command", required=True)
     train_p = sub.add_parser("train", help="train on a VOC-format dataset (torchrun for several GPUs)")
     add_train_arguments(train_p)
@@ -650,7 +655,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--minutes", type=float, default=5.0)
     demo.add_argument("--data-root", default="data/synthetic")
     demo.add_argument("--out", default="runs/demo")
-    demo.add_argument("--num-workers", type=int, default=1)
+    demo.add_argument("--num-workers", type=int, default=0)
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=cli_demo)
     return parser
