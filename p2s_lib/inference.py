@@ -3,7 +3,7 @@
 # %% auto #0
 __all__ = ['top_k_top_p_filter', 'allowed_tokens', 'generate', 'postprocess', 'predict', 'draw_predictions']
 
-# %% ../notebooks/08_inference.ipynb #8d9a52fd
+# %% ../notebooks/08_inference.ipynb #ch08-002
 import math
 
 import torch
@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from .quantize import dequantize
 
-# %% ../notebooks/08_inference.ipynb #76b1127c
+# %% ../notebooks/08_inference.ipynb #ch08-005
 def top_k_top_p_filter(logits: Tensor, top_k: int = 0, top_p: float = 1.0) -> Tensor:
     """Set every logit outside the top-k and outside the nucleus (top-p) to -inf (chapter 08).
 
@@ -34,7 +34,7 @@ def top_k_top_p_filter(logits: Tensor, top_k: int = 0, top_p: float = 1.0) -> Te
         drop = drop | drop_sorted.scatter(-1, idx, drop_sorted)
     return logits.masked_fill(drop, -math.inf)
 
-# %% ../notebooks/08_inference.ipynb #485dbac3
+# %% ../notebooks/08_inference.ipynb #ch08-013
 def allowed_tokens(tokenizer, step: int, num_objects: int, delayed_eos: bool = True,
                    slot_mask: bool = True) -> Tensor:
     """Bool [vocab_size]: which tokens may be emitted at generation `step` (0-based, BOS excluded).
@@ -61,7 +61,7 @@ def allowed_tokens(tokenizer, step: int, num_objects: int, delayed_eos: bool = T
         allowed &= ids != tokenizer.eos_id
     return allowed
 
-# %% ../notebooks/08_inference.ipynb #af08ab65
+# %% ../notebooks/08_inference.ipynb #ch08-017
 @torch.inference_mode()
 def generate(model: nn.Module, images: Tensor, max_objects: int | None = None, greedy: bool = False,
              temperature: float = 1.0, top_k: int = 0, top_p: float = 0.4, delayed_eos: bool = True,
@@ -129,7 +129,7 @@ def generate(model: nn.Module, images: Tensor, max_objects: int | None = None, g
         model.train(was_training)
     return {"tokens": tokens, "class_probs": class_probs}
 
-# %% ../notebooks/08_inference.ipynb #4bae33b3
+# %% ../notebooks/08_inference.ipynb #ch08-027
 def _as_sizes(orig_sizes, batch: int) -> Tensor:
     """(H, W) pairs as a float tensor [B, 2]; accepts a tensor [B, 2] or a sequence of pairs."""
     if isinstance(orig_sizes, Tensor):
@@ -185,7 +185,7 @@ def predict(model: nn.Module, images: Tensor, orig_sizes, **gen_kwargs) -> list[
     out = generate(model, images, **gen_kwargs)
     return postprocess(out["tokens"], out["class_probs"], model.tokenizer, orig_sizes)
 
-# %% ../notebooks/08_inference.ipynb #6acc6e82
+# %% ../notebooks/08_inference.ipynb #ch08-033
 def draw_predictions(image: Tensor, prediction: dict, class_names=None, score_threshold: float = 0.0,
                      target: dict | None = None, ax=None):
     """Draw an image [3,H,W] in [0,1] with predicted pixel boxes (solid, labelled with the score)
