@@ -3,7 +3,7 @@
 # Expects .venv from `bash .ci/setup` (the README's test command runs both).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export PATH="$PWD/.venv/bin:$PATH" MPLBACKEND=Agg PYTHONWARNINGS=ignore::DeprecationWarning
+export PATH="$PWD/.venv/bin:$PATH"
 
 echo "== 1/3 notebooks are fully executed, library in sync with notebooks"
 python tests/check_notebooks.py

@@ -141,8 +141,8 @@ class FakeHost:
         h.end_headers()
         if self.cut_first is not None and len(self.requests) == 1:
             body = body[: self.cut_first]
+        record["sent"] = len(body)  # before writing: the client may finish reading before write() returns
         h.wfile.write(body)
-        record["sent"] = len(body)
 
     def close(self) -> None:
         self.server.shutdown()
