@@ -4,10 +4,10 @@
 __all__ = ['LOG_FIELDS', 'TrainConfig', 'resolve_classes', 'build_dataset', 'SeededTransforms', 'EpochSampler',
            'WarmupLinearDecay', 'setup_distributed', 'all_ranks_agree', 'gather_lists', 'summary_metrics',
            'evaluate_model', 'TrainingDiverged', 'Trainer', 'load_training_state', 'plot_history',
-           'add_train_arguments', 'cli_train', 'validate_config', 'draw_detections', 'save_png', 'read_image_for_model',
-           'cli_evaluate', 'image_paths', 'cli_predict', 'cli_demo', 'build_parser', 'main']
+           'add_train_arguments', 'cli_train', 'validate_config', 'draw_detections', 'tile_images', 'save_png',
+           'read_image_for_model', 'cli_evaluate', 'image_paths', 'cli_predict', 'cli_demo', 'build_parser', 'main']
 
-# %% ../notebooks/10_train_voc.ipynb #e50e9747
+# %% ../notebooks/10_train_voc.ipynb #20691416
 import argparse
 import csv
 import json
@@ -31,7 +31,7 @@ from .loss import weighted_cross_entropy
 from .inference import predict
 from .metrics import evaluate, export_coco_json
 
-# %% ../notebooks/10_train_voc.ipynb #797d8518
+# %% ../notebooks/10_train_voc.ipynb #b06eb8ae
 @dataclass
 class TrainConfig:
     """Everything a run needs; stored in every checkpoint so `--resume` rebuilds the same run."""
@@ -76,7 +76,7 @@ class TrainConfig:
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(self.device)
 
-# %% ../notebooks/10_train_voc.ipynb #e55132f4
+# %% ../notebooks/10_train_voc.ipynb #28e6f707
 def resolve_classes(spec: str, root: str | Path, year: str, image_set: str) -> list[str]:
     """Class names from `--classes`: VOC's 20, the synthetic 4, read from the annotations, or a list."""
     if spec == "voc":
@@ -97,7 +97,7 @@ def build_dataset(root: str | Path, years: str, image_set: str, classes: list[st
              for y in years.split("+")]
     return parts[0] if len(parts) == 1 else ConcatDataset(parts)
 
-# %% ../notebooks/10_train_voc.ipynb #2810b613
+# %% ../notebooks/10_train_voc.ipynb #f2b7aabf
 class SeededTransforms(Dataset):
     """Wraps a dataset so each sample's augmentation depends only on (seed, epoch, index).
 
@@ -138,7 +138,7 @@ class EpochSampler(torch.utils.data.Sampler):
     def __len__(self) -> int:
         return self.per_rank - self.start
 
-# %% ../notebooks/10_train_voc.ipynb #9cc43532
+# %% ../notebooks/10_train_voc.ipynb #201cc71a
 class WarmupLinearDecay:
     """Learning-rate factor: linear warmup, then linear decay to `final_frac` at `total_steps`.
 
@@ -174,7 +174,7 @@ class WarmupLinearDecay:
         self.__dict__.update(state)
         self._apply()
 
-# %% ../notebooks/10_train_voc.ipynb #38ccbdef
+# %% ../notebooks/10_train_voc.ipynb #fc05f65c
 def setup_distributed() -> tuple[int, int]:
     """(rank, world_size); joins the process group when launched by `torchrun`."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -203,7 +203,7 @@ def gather_lists(items: list) -> list:
     dist.all_gather_object(gathered, items)
     return [x for part in gathered for x in part]
 
-# %% ../notebooks/10_train_voc.ipynb #6fd77d0e
+# %% ../notebooks/10_train_voc.ipynb #c7c765fa
 def summary_metrics(metrics: dict) -> dict:
     """The scalar entries of chapter 09's metrics (JSON-ready), without curves and tensors."""
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
@@ -238,7 +238,7 @@ def evaluate_model(model: Pix2Seq, dataset: Dataset, batch_size: int = 32, max_i
     preds, targets = [preds[i] for i in by_index], [targets[i] for i in by_index]
     return evaluate(preds, targets, num_classes=model.tokenizer.num_classes), preds, targets
 
-# %% ../notebooks/10_train_voc.ipynb #cdf36fcd
+# %% ../notebooks/10_train_voc.ipynb #00bb63b5
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or inf; the last good state was saved first."""
 
@@ -454,7 +454,7 @@ def load_training_state(path: str | Path) -> dict:
         raise ValueError(f"{path}: a model-only checkpoint, can't resume training (missing {sorted(missing)})")
     return {**state, "config": model.config, "model": model.state_dict()}
 
-# %% ../notebooks/10_train_voc.ipynb #9d380e3e
+# %% ../notebooks/10_train_voc.ipynb #adc7fdba
 def plot_history(history: list[dict], path: str | Path | None = None):
     """Loss, learning rate and mAP against steps, as one figure (saved as PNG when `path` is given)."""
     import matplotlib.pyplot as plt
@@ -473,7 +473,7 @@ def plot_history(history: list[dict], path: str | Path | None = None):
         plt.close(fig)
     return fig
 
-# %% ../notebooks/10_train_voc.ipynb #f211a8c1
+# %% ../notebooks/10_train_voc.ipynb #0f542a70
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """One `--flag` per TrainConfig field (underscores become dashes)."""
     for f in fields(TrainConfig):
@@ -519,7 +519,7 @@ def validate_config(cfg: TrainConfig) -> None:
         if not ok:
             raise ValueError(message)
 
-# %% ../notebooks/10_train_voc.ipynb #b19bb731
+# %% ../notebooks/10_train_voc.ipynb #df7a1a14
 def draw_detections(image: torch.Tensor, prediction: dict, class_names: list[str],
                     score_threshold: float = 0.3) -> torch.Tensor:
     """uint8 [3,H,W] image with the detections above `score_threshold` drawn and labelled."""
@@ -530,6 +530,14 @@ def draw_detections(image: torch.Tensor, prediction: dict, class_names: list[str
     if not labels:
         return canvas
     return draw_bounding_boxes(canvas, prediction["boxes"][keep], labels=labels, colors="yellow", width=2)
+
+
+def tile_images(images: list[torch.Tensor], nrow: int = 4) -> torch.Tensor:
+    """One uint8 grid of images of different sizes (each padded bottom/right to the largest)."""
+    from torchvision.utils import make_grid
+    h, w = max(i.shape[-2] for i in images), max(i.shape[-1] for i in images)
+    padded = [torch.nn.functional.pad(i, (0, w - i.shape[-1], 0, h - i.shape[-2])) for i in images]
+    return make_grid(padded, nrow=nrow, padding=4)
 
 
 def save_png(image: torch.Tensor, path: str | Path) -> Path:
@@ -601,10 +609,9 @@ def cli_predict(args: argparse.Namespace) -> list[dict]:
         print(json.dumps(results[-1]))
     return results
 
-# %% ../notebooks/10_train_voc.ipynb #1a55dc27
+# %% ../notebooks/10_train_voc.ipynb #ff4d9e73
 def cli_demo(args: argparse.Namespace) -> dict:
     """The README's main job: synthetic VOC-format data, a CPU-sized run, mAP, a picture."""
-    from torchvision.utils import make_grid
     root, out = Path(args.data_root), Path(args.out)
     if not (root / "VOCdevkit" / "VOC2007").is_dir():
         print(f"making the synthetic VOC-format set in {root} ...")
@@ -619,7 +626,7 @@ def cli_demo(args: argparse.Namespace) -> dict:
     metrics, preds, _ = evaluate_model(model.eval(), test, top_p=cfg.top_p)
     raw = VOCDataset(root, year="2007", image_set="test", classes=info["class_names"])
     tiles = [draw_detections(raw[i][0], preds[i], info["class_names"]) for i in range(min(12, len(raw)))]
-    save_png(make_grid(tiles, nrow=4, padding=4), out / "predictions.png")
+    save_png(tile_images(tiles), out / "predictions.png")
     summary = {"test_map_50": round(metrics["map_50"], 4), "test_map": round(metrics["map"], 4),
                "test_voc_map_50": round(metrics["voc_map_50"], 4), "checkpoint": str(out / "best.pt"),
                "pictures": str(out / "predictions.png"), "curves": str(out / "curves.png")}

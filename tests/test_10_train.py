@@ -126,3 +126,12 @@ def test_ddp_two_processes_on_cpu(synthetic_root, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert (out / "last.pt").exists() and (out / "log.csv").exists()
     assert done.stdout.count('"metrics"') == 1  # only rank 0 reports
+
+
+def test_demo_trains_scores_and_draws(synthetic_root, tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--minutes", "0.1", "--data-root", str(synthetic_root), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads(printed[printed.rindex("{\n"):])
+    assert 0.0 <= summary["test_map_50"] <= 1.0
+    assert (out / "predictions.png").stat().st_size > 0 and (out / "curves.png").exists()
