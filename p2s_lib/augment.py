@@ -17,7 +17,7 @@ from .tokenizer import Tokenizer
 
 # %% auto #0
 __all__ = ['RANDOM_STYLES', 'NOISE_KINDS', 'jitter_boxes', 'shift_boxes', 'random_boxes', 'augment_objects', 'corrupt_classes',
-           'build_batch']
+           'one_thread', 'build_batch']
 
 # %% ../notebooks/07_augment.ipynb #ch07-05
 def jitter_boxes(boxes: Tensor, generator: torch.Generator | None = None, std: float = 0.05,
@@ -160,8 +160,8 @@ def corrupt_classes(input_tokens: Tensor, tokenizer: Tokenizer, prob: float = 1.
 
 # %% ../notebooks/07_augment.ipynb #ch07-22
 @contextmanager
-def _one_thread():
-    "build_batch is many small ops: extra threads only add synchronisation (badly so on a busy CPU)."
+def one_thread():
+    "Run torch on one thread: many small ops (build_batch, evaluate) only pay for the second thread's synchronisation, badly so on a busy CPU."
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -190,7 +190,7 @@ def build_batch(targets: Sequence[dict], tokenizer: Tokenizer, order: str = "ran
     target_tokens, weights), each [B, L-1]. augment=True: real objects in `order`, then noise up to
     tokenizer.max_objects; input class tokens corrupted (class_corruption); weights 0 on noise
     coordinates, 1 on their class, eos_weight on EOS/PAD targets. augment=False: plain sequences. Chapter 07."""
-    with _one_thread():
+    with one_thread():
         return _build_batch(targets, tokenizer, order, augment, eos_weight, generator, class_corruption,
                             dup_share, random_style)
 

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
 
@@ -12,6 +11,9 @@ import numpy as np
 import torch
 from torch import Tensor
 from torchvision.ops import box_iou
+
+from .augment import one_thread
+
 
 # %% auto #0
 __all__ = ['IOU_THRESHOLDS', 'RECALL_THRESHOLDS', 'AREA_RANGES', 'MAX_DETS', 'voc_ap', 'evaluate', 'to_coco', 'export_coco_json',
@@ -256,21 +258,10 @@ def _mean_valid(x: Tensor) -> float:
     return float(v.mean()) if v.numel() else -1.0
 
 
-@contextmanager
-def _one_thread():
-    "Evaluation is many small ops: extra threads only add synchronisation (badly so on a busy CPU)."
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
-
-
 def evaluate(predictions: Sequence[dict], targets: Sequence[dict], num_classes: int | None = None) -> dict:
     """COCO-style AP/AR (same numbers as pycocotools COCOeval, bbox) and VOC AP50 (all-point
     and 11-point, difficult ignored). Boxes are pixel xyxy; labels 0-based. See chapter 09."""
-    with _one_thread():
+    with one_thread():
         return _evaluate(predictions, targets, num_classes)
 
 

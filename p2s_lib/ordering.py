@@ -6,6 +6,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .tokenizer import check_boxes
+
+
 # %% auto #0
 __all__ = ['ORDERS', 'object_order', 'order_objects']
 
@@ -13,24 +16,11 @@ __all__ = ['ORDERS', 'object_order', 'order_objects']
 ORDERS = ("random", "area", "dist2ori", "none")
 
 
-def _check_boxes(boxes) -> Tensor:
-    boxes = torch.as_tensor(boxes)
-    if not boxes.is_floating_point():
-        boxes = boxes.to(torch.float32)
-    if boxes.numel() == 0 and boxes.ndim <= 2:
-        boxes = boxes.reshape(0, 4)
-    if boxes.ndim != 2 or boxes.shape[1] != 4:
-        raise ValueError(f"boxes must have shape [n, 4] (xmin, ymin, xmax, ymax), got shape {tuple(boxes.shape)}")
-    if torch.isnan(boxes).any():
-        raise ValueError(f"boxes contain NaN: {boxes.tolist()}")
-    return boxes
-
-
 def object_order(boxes: Tensor, order: str, generator: torch.Generator | None = None) -> Tensor:
     "Permutation [n] (int64) that puts xyxy boxes [n,4] in `order`: random | area | dist2ori | none. Chapter 03."
     if not isinstance(order, str) or order not in ORDERS:
         raise ValueError(f"unknown order {order!r}; valid orders: {', '.join(ORDERS)}")
-    boxes = _check_boxes(boxes)
+    boxes = check_boxes(boxes)
     n = boxes.shape[0]
     if order == "none":
         perm = torch.arange(n)
@@ -48,7 +38,7 @@ def object_order(boxes: Tensor, order: str, generator: torch.Generator | None = 
 def order_objects(boxes: Tensor, labels: Tensor, order: str,
                   generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
     "Reorder boxes [n,4] and labels [n] together by `object_order`. Chapter 03."
-    boxes = _check_boxes(boxes)
+    boxes = check_boxes(boxes)
     labels = torch.as_tensor(labels)
     if labels.ndim != 1 or labels.shape[0] != boxes.shape[0]:
         raise ValueError(f"need one label per box: boxes {tuple(boxes.shape)}, labels {tuple(labels.shape)}")

@@ -12,7 +12,7 @@ from torch import Tensor
 from .quantize import dequantize, quantize
 
 # %% auto #0
-__all__ = ['TOKEN_COLORS', 'SLOT_NAMES', 'Vocabulary', 'Tokenizer', 'pad_sequences', 'show_tokens']
+__all__ = ['TOKEN_COLORS', 'SLOT_NAMES', 'Vocabulary', 'check_boxes', 'Tokenizer', 'pad_sequences', 'show_tokens']
 
 # %% ../notebooks/02_tokenizer.ipynb #ch02-05
 def _check_int(name: str, value, minimum: int) -> int:
@@ -126,7 +126,8 @@ def _fmt(x: Tensor) -> list:
     return [[round(v, 4) for v in row] for row in x.tolist()]
 
 
-def _check_objects(boxes, labels, num_classes: int) -> tuple[Tensor, Tensor]:
+def check_boxes(boxes) -> Tensor:
+    "Boxes as a float tensor [n, 4] (xmin, ymin, xmax, ymax); a clear error for a wrong shape or NaN. Chapter 02."
     boxes = torch.as_tensor(boxes)
     if not boxes.is_floating_point():
         boxes = boxes.to(torch.float32)
@@ -136,6 +137,11 @@ def _check_objects(boxes, labels, num_classes: int) -> tuple[Tensor, Tensor]:
         raise ValueError(f"boxes must have shape [n, 4] (normalized xmin, ymin, xmax, ymax), got shape {tuple(boxes.shape)}")
     if torch.isnan(boxes).any():
         raise ValueError(f"boxes contain NaN: {_fmt(boxes)}")
+    return boxes
+
+
+def _check_objects(boxes, labels, num_classes: int) -> tuple[Tensor, Tensor]:
+    boxes = check_boxes(boxes)
     if ((boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])).any():
         raise ValueError(f"boxes must be xyxy with xmin <= xmax and ymin <= ymax, got {_fmt(boxes)}")
     labels = torch.as_tensor(labels)
