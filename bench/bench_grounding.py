@@ -2,6 +2,7 @@
 
     python bench/bench_grounding.py --minutes 6                  # the full sequence task
     python bench/bench_grounding.py --minutes 4 --class-only     # only "which class is in this given box?"
+    python bench/bench_grounding.py --minutes 5 --oracle         # images replaced by flat coloured boxes
 
 Trains `nano` on the synthetic set held in memory (no data-loading cost), then every
 `--every` minutes prints the validation cross-entropy per kind of target token, once with
@@ -12,7 +13,9 @@ the real images and once with blank grey ones:
 - noise classes.
 
 A model that grounds in the image must beat the blank-image loss on real coordinates and
-real classes, by a growing margin. It ends with AP50/AP by real decoding on 100 val images.
+real classes, by a growing margin. `--oracle` swaps every image for its boxes painted in
+one flat colour per class on black: if the model still does not localize, the bottleneck is
+the decoder, not the CNN's features. It ends with AP50/AP by real decoding on 100 val images.
 Prints figures; it is not a test. Run two probes side by side with `--threads 1`.
 """
 import argparse
@@ -37,6 +40,20 @@ def load_split(root: Path, split: str) -> tuple[torch.Tensor, list[dict]]:
     samples = [data[i] for i in range(len(data))]
     return (torch.stack([im for im, _ in samples]),
             [{"boxes": t["boxes"], "labels": t["labels"]} for _, t in samples])
+
+
+CLASS_COLOURS = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0], [1.0, 1.0, 1.0]])
+
+
+def oracle_images(images: torch.Tensor, targets: list[dict]) -> torch.Tensor:
+    """The easiest possible images: each box filled with its class's colour on black."""
+    size = images.shape[-1]
+    out = torch.zeros_like(images)
+    for image, t in zip(out, targets):
+        for box, label in zip(t["boxes"], t["labels"]):
+            x0, y0, x1, y1 = (box * size).round().long().tolist()
+            image[:, y0:y1, x0:x1] = CLASS_COLOURS[int(label) % len(CLASS_COLOURS), :, None, None]
+    return out
 
 
 def flip_batch(images: torch.Tensor, targets: list[dict], g: torch.Generator):
@@ -84,6 +101,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--class-only", action="store_true", help="train only on real class tokens, no noise")
+    parser.add_argument("--oracle", action="store_true", help="replace images by flat coloured boxes")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -94,6 +112,8 @@ def main() -> None:
         make_synthetic_voc(root, seed=0)
     images, targets = load_split(root, "train")
     val_images, val_targets = load_split(root, "val")
+    if args.oracle:
+        images, val_images = oracle_images(images, targets), oracle_images(val_images, val_targets)
     torch.manual_seed(args.seed)
     model = Pix2Seq.from_preset("nano", len(SYNTHETIC_CLASSES))
     tok = model.tokenizer
@@ -121,6 +141,8 @@ def main() -> None:
                               "images_per_s": round(step * args.batch_size / elapsed, 1),
                               **token_losses(model, val_images[:64], val_targets[:64])}), flush=True)
     val = build_dataset(root, "2007", "val", list(SYNTHETIC_CLASSES), make_transforms(False, 128))
+    if args.oracle:  # same targets, oracle pictures
+        val = [(im, val[i][1]) for i, im in enumerate(val_images[:100])]
     metrics, _, _ = evaluate_model(model.eval(), val, max_images=100)
     print(json.dumps({"final_step": step, **token_losses(model, val_images[:64], val_targets[:64]),
                       "val_map_50": round(metrics["map_50"], 4), "val_map": round(metrics["map"], 4)}))
