@@ -44,7 +44,7 @@ class ConvBNReLU(nn.Sequential):
 class TinyCNN(nn.Sequential):
     """A CPU-sized trunk: one stage per width, each a stride-2 and a stride-1 ConvBNReLU.
     Four stages give total stride 16: a 128 px image becomes an 8 x 8 grid (ch. 04)."""
-    def __init__(self, widths: tuple[int, ...] = (32, 64, 128, 256)):
+    def __init__(self, widths: tuple[int, ...] = (16, 32, 64, 128)):
         layers, c = [], 3
         for w in widths:
             layers += [ConvBNReLU(c, w, 2), ConvBNReLU(w, w, 1)]

@@ -44,11 +44,11 @@ def test_sincos_2d_layout():
 
 def test_tiny_cnn_shapes():
     net = TinyCNN()
-    assert net.stride == 16 and net.out_channels == 256
-    assert net(torch.rand(2, 3, 128, 128)).shape == (2, 256, 8, 8)
+    assert net.stride == 16 and net.out_channels == 128
+    assert net(torch.rand(2, 3, 128, 128)).shape == (2, 128, 8, 8)
 
 
-@pytest.mark.parametrize("name,channels,stride", [("resnet18", 512, 32), ("resnet50", 2048, 32), ("tiny", 256, 16)])
+@pytest.mark.parametrize("name,channels,stride", [("resnet18", 512, 32), ("resnet50", 2048, 32), ("tiny", 128, 16)])
 def test_build_backbone(name, channels, stride):
     net, c = build_backbone(name)
     assert c == channels and net.stride == stride
