@@ -2,10 +2,10 @@
 
     python bench/bench_sequence_augmentation.py --minutes 10
 
-Trains `nano` twice on the default synthetic set for the same wall-clock budget: once with the
-paper's recipe (noise objects, corrupted class inputs, delayed-EOS decoding) and once without
-(plain sequences, decoding stops at EOS). Both are scored on the test split with real
-autoregressive decoding. Prints figures; it is not a test.
+Trains `nano` twice on the train split of the default synthetic set for the same wall-clock
+budget: once with the paper's recipe (noise objects, corrupted class inputs, delayed-EOS decoding)
+and once without (plain sequences, decoding stops at EOS). Both are scored on the test split with
+real autoregressive decoding. Prints figures; it is not a test.
 """
 import argparse
 import json
@@ -52,7 +52,7 @@ def main() -> None:
     for name in args.runs:
         augment = name == "with_sequence_augmentation"
         cfg = TrainConfig(data_root=str(root), classes="synthetic", epochs=10_000, max_minutes=args.minutes,
-                          val_set="val", eval_every=2, eval_images=200, out=str(out / name), num_workers=0,
+                          train_set="train", val_set="val", eval_every=2, eval_images=200, out=str(out / name), num_workers=0,
                           sequence_augmentation=augment, delayed_eos=augment, scale_min=1.0, scale_max=1.0)
         if not (args.reuse and (out / name / "best.pt").exists()):
             Trainer(cfg).fit()
