@@ -17,7 +17,7 @@ from p2s_lib.data import make_synthetic_voc
 from p2s_lib.inference import predict
 from p2s_lib.metrics import evaluate
 from p2s_lib.model import load_model
-from p2s_lib.train import TrainConfig, Trainer, build_dataset, collate_fn, make_transforms
+from p2s_lib.train import Trainer, build_dataset, collate_fn, make_transforms, synthetic_budget_config
 
 
 @torch.inference_mode()
@@ -51,9 +51,8 @@ def main() -> None:
         make_synthetic_voc(root, seed=0)
     for name in args.runs:
         augment = name == "with_sequence_augmentation"
-        cfg = TrainConfig(data_root=str(root), classes="synthetic", epochs=10_000, max_minutes=args.minutes,
-                          train_set="train", val_set="val", eval_every=2, eval_images=200, out=str(out / name), num_workers=0,
-                          sequence_augmentation=augment, delayed_eos=augment, scale_min=1.0, scale_max=1.0)
+        cfg = synthetic_budget_config(root, args.minutes, out / name, sequence_augmentation=augment,
+                                      delayed_eos=augment)
         if not (args.reuse and (out / name / "best.pt").exists()):
             Trainer(cfg).fit()
         result = {"run": name, "minutes": args.minutes,

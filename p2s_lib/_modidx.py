@@ -239,5 +239,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'p2s_lib.train.save_png': ('train_voc.html#save_png', 'p2s_lib/train.py'),
                                'p2s_lib.train.setup_distributed': ('train_voc.html#setup_distributed', 'p2s_lib/train.py'),
                                'p2s_lib.train.summary_metrics': ('train_voc.html#summary_metrics', 'p2s_lib/train.py'),
+                               'p2s_lib.train.synthetic_budget_config': ('train_voc.html#synthetic_budget_config', 'p2s_lib/train.py'),
                                'p2s_lib.train.tile_images': ('train_voc.html#tile_images', 'p2s_lib/train.py'),
                                'p2s_lib.train.validate_config': ('train_voc.html#validate_config', 'p2s_lib/train.py')}}}

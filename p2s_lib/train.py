@@ -5,7 +5,8 @@ __all__ = ['LOG_FIELDS', 'TrainConfig', 'resolve_classes', 'build_dataset', 'See
            'WarmupLinearDecay', 'setup_distributed', 'all_ranks_agree', 'gather_lists', 'summary_metrics',
            'evaluate_model', 'TrainingDiverged', 'Trainer', 'load_training_state', 'plot_history',
            'add_train_arguments', 'cli_train', 'validate_config', 'draw_detections', 'tile_images', 'save_png',
-           'read_image_for_model', 'cli_evaluate', 'image_paths', 'cli_predict', 'cli_demo', 'build_parser', 'main']
+           'read_image_for_model', 'cli_evaluate', 'image_paths', 'cli_predict', 'synthetic_budget_config', 'cli_demo',
+           'build_parser', 'main']
 
 # %% ../notebooks/10_train_voc.ipynb #20691416
 import argparse
@@ -610,16 +611,22 @@ def cli_predict(args: argparse.Namespace) -> list[dict]:
     return results
 
 # %% ../notebooks/10_train_voc.ipynb #ff4d9e73
+def synthetic_budget_config(root: str | Path, minutes: float | None, out: str | Path, **overrides) -> TrainConfig:
+    """A CPU-budget `nano` run on the synthetic set: train split, held-out val for the best checkpoint,
+    flip only (on a CPU budget the paper's 0.3-2.0 scale jitter shrinks objects to a few pixels)."""
+    settings = dict(data_root=str(root), classes="synthetic", preset="nano", epochs=10_000, max_minutes=minutes,
+                    train_set="train", val_set="val", eval_every=2, eval_images=200, out=str(out),
+                    num_workers=0, scale_min=1.0, scale_max=1.0)
+    return TrainConfig(**{**settings, **overrides})
+
+
 def cli_demo(args: argparse.Namespace) -> dict:
     """The README's main job: synthetic VOC-format data, a CPU-sized run, mAP, a picture."""
     root, out = Path(args.data_root), Path(args.out)
     if not (root / "VOCdevkit" / "VOC2007").is_dir():
         print(f"making the synthetic VOC-format set in {root} ...")
         make_synthetic_voc(root, seed=0)
-    # flip only: on a CPU budget the paper's 0.3-2.0 scale jitter shrinks objects to a few pixels
-    cfg = TrainConfig(data_root=str(root), classes="synthetic", preset="nano", epochs=10_000,
-                      max_minutes=args.minutes, val_set="val", eval_every=2, eval_images=200, out=str(out),
-                      num_workers=args.num_workers, seed=args.seed, scale_min=1.0, scale_max=1.0)
+    cfg = synthetic_budget_config(root, args.minutes, out, num_workers=args.num_workers, seed=args.seed)
     Trainer(cfg).fit()
     model, info = load_model(out / "best.pt")
     test = build_dataset(root, "2007", "test", info["class_names"], make_transforms(False, model.image_size))

@@ -8,18 +8,17 @@ from hypothesis import strategies as st
 
 from p2s_lib.inference import (allowed_tokens, generate, postprocess, predict,
                                top_k_top_p_filter)
+from p2s_lib.augment import one_thread
 from p2s_lib.model import Pix2Seq
 
 NUM_CLASSES = 4
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
+def single_thread():
     """Decoding is many tiny ops: on a busy 2-core machine one thread is faster and steadier."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import torch
 import p2s_lib.train as train_mod
 from p2s_lib.model import load_model
 from p2s_lib.train import (EpochSampler, TrainConfig, Trainer, TrainingDiverged, WarmupLinearDecay, main,
-                           resolve_classes)
+                           resolve_classes, synthetic_budget_config, validate_config)
 
 
 def tiny_config(root: Path, out: Path, **overrides) -> TrainConfig:
@@ -135,3 +135,10 @@ def test_demo_trains_scores_and_draws(synthetic_root, tmp_path, capsys):
     summary = json.loads(printed[printed.rindex("{\n"):])
     assert 0.0 <= summary["test_map_50"] <= 1.0
     assert (out / "predictions.png").stat().st_size > 0 and (out / "curves.png").exists()
+
+
+def test_synthetic_budget_config_holds_val_out_and_flips_only(tmp_path):
+    cfg = synthetic_budget_config(tmp_path, 5, tmp_path / "out", seed=3, scale_max=1.5)
+    assert (cfg.train_set, cfg.val_set, cfg.classes, cfg.preset) == ("train", "val", "synthetic", "nano")
+    assert cfg.max_minutes == 5 and cfg.scale_min == 1.0 and cfg.scale_max == 1.5 and cfg.seed == 3
+    validate_config(cfg)
