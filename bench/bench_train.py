@@ -85,8 +85,10 @@ def main() -> None:
     print(json.dumps({"generation_images_per_s_batch32_cached": round(generation_speed(last / "best.pt", root), 1)}))
     if args.ship:
         model, info = load_model(last / "best.pt")
+        threads = torch.get_num_threads()
         note = (f"nano preset, trained {max(args.minutes):g} CPU minutes by bench/bench_train.py (lr {args.lr:g}, "
-                f"dropout {args.dropout}, order {args.order}, {torch.get_num_threads()} threads) on the train split of "
+                f"dropout {model.config['decoder']['dropout']:g}, order {args.order}, {threads} "
+                f"thread{'s' if threads > 1 else ''}) on the train split of "
                 "the default synthetic set "
                 "(make_synthetic_voc(seed=0)); best val AP50 checkpoint, stored in fp16")
         save_model(model, args.ship, half=True, class_names=info["class_names"], note=note,
