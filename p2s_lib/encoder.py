@@ -91,10 +91,11 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 class ImageEncoder(nn.Module):
     """Image [B,3,H,W] in [0,1] -> memory [B, h*w, d_model]: ImageNet normalization, CNN trunk,
-    1x1 projection to d_model, 2D sin-cos positions, pre-LN transformer encoder layers (ch. 04)."""
+    1x1 projection to d_model, LayerNorm (`memory_norm`), 2D sin-cos positions, pre-LN transformer
+    encoder layers (ch. 04)."""
     def __init__(self, backbone: str = "resnet50", d_model: int = 256, num_layers: int = 6,
                  num_heads: int = 8, dim_feedforward: int = 1024, dropout: float = 0.1,
-                 pretrained: bool = False):
+                 pretrained: bool = False, memory_norm: bool = True):
         super().__init__()
         if d_model % 4:
             raise ValueError(f"d_model must be divisible by 4 (2D sin-cos codes), got {d_model!r}")
@@ -105,7 +106,7 @@ class ImageEncoder(nn.Module):
         self.backbone, channels = build_backbone(backbone, pretrained)
         self.stride, self.d_model = self.backbone.stride, d_model
         self.proj = nn.Conv2d(channels, d_model, kernel_size=1)  # a linear map per grid cell
-        self.proj_norm = nn.LayerNorm(d_model)
+        self.proj_norm = nn.LayerNorm(d_model) if memory_norm else nn.Identity()
         self.dropout = nn.Dropout(dropout)
         self.layers = nn.ModuleList([
             nn.TransformerEncoderLayer(d_model, num_heads, dim_feedforward, dropout, activation="gelu",

@@ -99,6 +99,20 @@ def test_encoder_shapes_and_layers():
     assert len(enc0.layers) == 0 and enc0.eval()(torch.rand(1, 3, 64, 64)).shape == (1, 16, 64)
 
 
+def test_memory_norm_is_optional():
+    torch.manual_seed(0)
+    normed = ImageEncoder("tiny", d_model=32, num_layers=0, dropout=0.0).eval()
+    plain = ImageEncoder("tiny", d_model=32, num_layers=0, dropout=0.0, memory_norm=False).eval()
+    plain.load_state_dict({k: v for k, v in normed.state_dict().items() if not k.startswith("proj_norm")})
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        pos = sincos_2d_position_embedding(4, 4, 32)
+        content = normed.proj(normed.features(images)).flatten(2).transpose(1, 2)
+        assert torch.allclose(plain(images), content + pos, atol=1e-5)          # no LayerNorm
+        assert torch.allclose(normed(images), F.layer_norm(content, (32,)) + pos, atol=1e-5)
+    assert not any(k.startswith("proj_norm") for k in plain.state_dict())
+
+
 def test_encoder_projection_is_linear_1x1():
     enc = ImageEncoder("resnet18", d_model=256, num_layers=0)
     assert isinstance(enc.proj, torch.nn.Conv2d) and enc.proj.kernel_size == (1, 1)

@@ -193,3 +193,14 @@ def test_init_sincos():
     assert (pos[10] @ pos[11]) > 0.9 and (pos[10] @ pos[11]) > (pos[10] @ pos[40])
     with pytest.raises(ValueError, match="outside vocabulary"):
         dec.init_sincos_(coord_offset=20, num_bins=64)
+
+
+def test_linear_init_choices():
+    gpt, torch_init = small_decoder(), small_decoder(linear_init="torch")
+    for dec, expected in ((gpt, 0.02), (torch_init, 1 / (3 * 32) ** 0.5)):  # Kaiming-uniform: 1/sqrt(3 fan_in)
+        w = dec.layers[0].cross_attn.q_proj.weight
+        assert abs(w.std().item() - expected) < 0.15 * expected
+        assert abs(dec.token_emb.weight.std().item() - 0.02) < 0.003  # embeddings: N(0, 0.02) either way
+    assert torch.count_nonzero(torch_init.layers[0].mlp[0].bias) > 0  # PyTorch's default biases are not zero
+    with pytest.raises(ValueError, match="linear_init"):
+        small_decoder(linear_init="xavier")

@@ -32,6 +32,8 @@ def test_nano_matches_the_cpu_prototype(nano):
     assert nano.decoder.layers[0].self_attn.num_heads == 4
     assert nano.decoder.layers[0].mlp[0].out_features == 4 * 192
     assert 1.9e6 < count_parameters(nano) < 2.4e6  # narrow tiny trunk (the prototype had 3.0M)
+    assert isinstance(nano.encoder.proj_norm, torch.nn.Identity)  # the preset's departures (ch. 05b)
+    assert nano.config["encoder"]["memory_norm"] is False and nano.config["decoder"]["linear_init"] == "torch"
 
 
 def test_forward_shapes(nano):
