@@ -228,9 +228,8 @@ class EOSAtStep(torch.nn.Module):
 
     def forward(self, tokens, memory, cache=None):
         logits = self.decoder(tokens, memory, cache=cache).clone()
-        for b, end in enumerate(self.ends):
-            if end == self.step:
-                logits[b, -1, self.eos_id] = 1e4
+        for b, end in enumerate(self.ends):  # EOS exactly at `end`, never before (whatever the weights say)
+            logits[b, -1, self.eos_id] = 1e4 if end == self.step else -1e4
         self.step += 1
         return logits
 
