@@ -115,12 +115,15 @@ class DecoderLayer(nn.Module):
         return x, (w_self, w_cross)
 
 # %% ../notebooks/05_decoder.ipynb #46ffb15f
-def _init_weights(m: nn.Module) -> None:
-    """GPT-style init: N(0, 0.02) weights, zero biases."""
-    if isinstance(m, (nn.Linear, nn.Embedding)):
+def _init_weights(m: nn.Module, linear_init: str = "gpt") -> None:
+    """Embeddings N(0, 0.02). Linear layers: GPT-style N(0, 0.02) weights and zero biases, or with
+    linear_init="torch" the Kaiming-uniform init they were built with (about twice that scale here)."""
+    if isinstance(m, nn.Embedding):
         nn.init.normal_(m.weight, std=0.02)
-    if isinstance(m, nn.Linear) and m.bias is not None:
-        nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.Linear) and linear_init == "gpt":
+        nn.init.normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
 
 
 LINEAR_INITS = ("gpt", "torch")
@@ -145,11 +148,7 @@ class Decoder(nn.Module):
                                      for _ in range(num_layers)])
         self.norm = nn.LayerNorm(d_model)
         self.out_bias = nn.Parameter(torch.zeros(vocab_size))
-        self.apply(_init_weights)
-        if linear_init == "torch":  # about twice the scale of N(0, 0.02) at these widths
-            for m in self.modules():
-                if isinstance(m, nn.Linear):
-                    m.reset_parameters()
+        self.apply(lambda m: _init_weights(m, linear_init))
 
     def new_cache(self, memory: Tensor) -> KVCache:
         """Empty cache for images `memory` [B, N, d]: cross-attention K/V are computed here, once."""
