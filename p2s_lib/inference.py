@@ -99,11 +99,12 @@ def generate(model: nn.Module, images: Tensor, max_objects: int | None = None, g
     try:
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast and device.type == "cuda"):
             memory = model.encode(images)                     # the image is encoded ONCE
-            cache = model.decoder.new_cache(memory) if use_cache else None
+            grid = model.encoder.grid_size(*images.shape[-2:]) if hasattr(model, "encoder") else None
+            cache = model.decoder.new_cache(memory, grid) if use_cache else None
             seq = torch.full((B, 1), tok.bos_id, dtype=torch.long, device=device)
             for t in range(steps):
                 inp = seq[:, -1:] if use_cache else seq       # cached: only the newest token
-                logits = model.decoder(inp, memory, cache=cache)[:, -1].float()
+                logits = model.decoder(inp, memory, cache=cache, grid=grid)[:, -1].float()
                 if t % 5 == 4 and t < 5 * n_obj:              # the class step of object t // 5
                     p = logits.softmax(-1)[:, classes]
                     class_probs[:, t // 5] = p.masked_fill(finished[:, None], 0.0)

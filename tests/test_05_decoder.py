@@ -5,7 +5,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
-from p2s_lib.decoder import Decoder, DecoderLayer, KVCache, MultiHeadAttention, causal_mask
+from p2s_lib.decoder import Decoder, DecoderLayer, KVCache, MultiHeadAttention, box_prior_bias, causal_mask
 
 
 def small_decoder(**kw) -> Decoder:
@@ -109,7 +109,7 @@ def test_cache_stepwise_equals_full_pass():
 
 
 @settings(max_examples=15, deadline=None)
-@given(st.lists(st.integers(1, 8), min_size=1, max_size=6))
+@given(st.lists(st.integers(1, 8), min_size=1, max_size=5))  # at most 40 = max_len tokens
 def test_cache_any_chunking_equals_full_pass(chunk_sizes):
     dec = small_decoder()
     total = sum(chunk_sizes)
@@ -204,3 +204,77 @@ def test_linear_init_choices():
     assert torch.count_nonzero(torch_init.layers[0].mlp[0].bias) > 0  # PyTorch's default biases are not zero
     with pytest.raises(ValueError, match="linear_init"):
         small_decoder(linear_init="xavier")
+
+
+# --- section 8: the box prior of the class step -------------------------------------------------
+
+def test_box_prior_bias_marks_the_box_at_class_steps_only():
+    # BOS, a box y 0..31 x 32..63 of 64 bins (top-right quarter of a 4x4 grid), a class, then a 2nd object
+    tokens = torch.tensor([[1, 8 + 0, 8 + 32, 8 + 31, 8 + 63, 3, 8, 8, 8, 8]])
+    bias = box_prior_bias(tokens, coord_offset=8, num_bins=64, grid=4)
+    assert bias.shape == (1, 10, 16)
+    assert bias.abs().sum(-1).nonzero()[:, 1].unique().tolist() == [4, 9]
+    grid = bias[0, 4].view(4, 4)
+    assert (grid[:2, 2:] > -0.1).all()  # about log(1 + floor): the cells are (nearly) all inside
+    assert torch.allclose(grid[2:], torch.full((2, 4), torch.log(torch.tensor(0.05)).item()), atol=1e-4)
+    assert torch.allclose(grid[:, :2][:, 0], torch.full((4,), torch.log(torch.tensor(0.05)).item()), atol=1e-4)
+
+
+def test_box_prior_bias_ignores_non_coordinate_inputs():
+    tokens = torch.tensor([[1, 8, 8, 3, 8 + 10, 4]])  # a class token among the 4 "coordinates"
+    assert box_prior_bias(tokens, 8, 64, 8).abs().sum() == 0
+    assert box_prior_bias(tokens[:, :3], 8, 64, 8).shape == (1, 3, 64)  # shorter than one object
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 60), st.integers(0, 2**31 - 1), st.integers(2, 9))
+def test_box_prior_bias_is_bounded_and_zero_off_class_steps(length, seed, grid):
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, 72, (3, length), generator=g)
+    bias = box_prior_bias(tokens, 8, 64, grid, floor=0.05)
+    assert bias.shape == (3, length, grid * grid)
+    assert bias.min() >= torch.log(torch.tensor(0.05)) - 1e-5 and bias.max() <= torch.log(torch.tensor(1.05)) + 1e-5
+    off = torch.arange(length) % 5 != 4
+    assert bias[:, off].abs().sum() == 0
+
+
+def test_box_prior_cache_equals_full_pass_and_gain_zero_is_plain():
+    dec = small_decoder(vocab_size=72, max_len=51, box_prior=(8, 64))
+    plain = small_decoder(vocab_size=72, max_len=51)
+    assert dec.box_prior_gain.shape == (2 * 4,) and plain.box_prior_gain is None
+    tokens = torch.randint(8, 72, (2, 51), generator=torch.Generator().manual_seed(1))
+    tokens[:, 0] = 1
+    mem = torch.randn(2, 16, 32)
+    with torch.no_grad():
+        full = dec(tokens, mem)
+        cache = dec.new_cache(mem)
+        steps = torch.cat([dec(tokens[:, i:i + 1], cache=cache) for i in range(51)], dim=1)
+        assert torch.allclose(steps, full, atol=1e-5)
+        dec.box_prior_gain.zero_()
+        state = {k: v for k, v in dec.state_dict().items() if k != "box_prior_gain"}
+        plain.load_state_dict(state)
+        assert torch.allclose(dec(tokens, mem), plain(tokens, mem), atol=1e-6)
+
+
+def test_box_prior_changes_only_class_steps_and_attends_inside():
+    dec = small_decoder(vocab_size=72, max_len=51, box_prior=(8, 64))
+    tokens = torch.tensor([[1, 8 + 0, 8 + 0, 8 + 20, 8 + 20, 3]])  # a box in the top-left ninth
+    mem = torch.randn(1, 9, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        on, attn = dec(tokens, mem, return_attention=True)
+        dec.box_prior_gain.zero_()
+        off, attn_off = dec(tokens, mem, return_attention=True)
+    assert torch.allclose(on[:, :4], off[:, :4]) and not torch.allclose(on[:, 4], off[:, 4])
+    assert attn["cross"][0][0, :, 4, 0].mean() > 2 * attn_off["cross"][0][0, :, 4, 0].mean()
+
+
+def test_box_prior_errors():
+    with pytest.raises(ValueError, match="box_prior"):
+        small_decoder(box_prior=(45, 64))
+    dec = small_decoder(vocab_size=72, max_len=51, box_prior=(8, 64))
+    with pytest.raises(ValueError, match="not a square grid"):
+        dec(torch.ones(1, 5, dtype=torch.long), torch.randn(1, 7, 32))
+    mha = MultiHeadAttention(32, 4)
+    k, v = mha.project_kv(torch.randn(1, 3, 32))
+    with pytest.raises(ValueError, match="bias"):
+        mha(torch.randn(1, 3, 32), k, v, causal=True, bias=torch.zeros(1, 1, 3, 3))

@@ -34,6 +34,19 @@ def test_nano_matches_the_cpu_prototype(nano):
     assert 1.9e6 < count_parameters(nano) < 2.4e6  # narrow tiny trunk (the prototype had 3.0M)
     assert isinstance(nano.encoder.proj_norm, torch.nn.Identity)  # the preset's departures (ch. 05b)
     assert nano.config["encoder"]["memory_norm"] is False and nano.config["decoder"]["linear_init"] == "torch"
+    assert nano.decoder.box_prior == (tok.coord_offset, tok.num_bins)  # the class step's box prior (ch. 05)
+    assert Pix2Seq.from_preset("small", 20).decoder.box_prior is None
+
+
+def test_box_prior_on_a_non_square_grid(nano):
+    images = torch.rand(2, 3, 128, 96)                                   # an 8 x 6 grid
+    tokens = torch.tensor([[1, 10, 10, 40, 30, 3], [1, 12, 14, 50, 60, 4]])
+    with torch.no_grad():
+        full = nano(images, tokens)
+        memory = nano.encode(images)
+        cache = nano.decoder.new_cache(memory, nano.encoder.grid_size(128, 96))
+        steps = torch.cat([nano.decoder(tokens[:, i:i + 1], cache=cache) for i in range(6)], dim=1)
+    assert torch.allclose(steps, full, atol=1e-5)
 
 
 def test_forward_shapes(nano):

@@ -222,12 +222,12 @@ class EOSAtStep(torch.nn.Module):
         super().__init__()
         self.decoder, self.ends, self.eos_id, self.step = decoder, ends, eos_id, 0
 
-    def new_cache(self, memory):
+    def new_cache(self, memory, grid=None):
         self.step = 0
-        return self.decoder.new_cache(memory)
+        return self.decoder.new_cache(memory, grid)
 
-    def forward(self, tokens, memory, cache=None):
-        logits = self.decoder(tokens, memory, cache=cache).clone()
+    def forward(self, tokens, memory, cache=None, grid=None):
+        logits = self.decoder(tokens, memory, cache=cache, grid=grid).clone()
         for b, end in enumerate(self.ends):  # EOS exactly at `end`, never before (whatever the weights say)
             logits[b, -1, self.eos_id] = 1e4 if end == self.step else -1e4
         self.step += 1
