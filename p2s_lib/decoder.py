@@ -249,7 +249,7 @@ class Decoder(nn.Module):
             torch.arange(num_bins), self.d_model, temperature=num_bins)
         return self
 
-# %% ../notebooks/05_decoder.ipynb #2bf4997c
+# %% ../notebooks/05_decoder.ipynb #77e1acea
 def box_prior_bias(tokens: Tensor, coord_offset: int, num_bins: int, grid: int | tuple[int, int],
                    floor: float = 0.05) -> Tensor:
     """Cross-attention bias [B, T, h*w] for input tokens [B, T] (BOS at position 0), `grid` = (h, w) or h = w.
