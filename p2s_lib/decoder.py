@@ -214,8 +214,9 @@ class Decoder(nn.Module):
         return (logits, attn) if return_attention else logits
 
     def _box_prior_biases(self, tokens: Tensor, cache: KVCache | None, num_cells: int,
-                          grid: tuple[int, int] | None) -> Tensor:
-        """Per-layer cross-attention biases [L, B, heads, T, N] of the box prior for the new `tokens`."""
+                          grid: tuple[int, int] | None) -> Tensor | None:
+        """Per-layer cross-attention biases [L, B, heads, T, N] of the box prior for the new `tokens`;
+        None when none of them is a class step (4 of 5 steps of cached decoding: attention stays plain)."""
         if grid is None:
             side = math.isqrt(num_cells)
             if side * side != num_cells:
@@ -224,13 +225,16 @@ class Decoder(nn.Module):
         if grid[0] * grid[1] != num_cells:
             raise ValueError(f"grid {tuple(grid)} does not match {num_cells} memory tokens")
         start = 0 if cache is None else cache.length
+        end = start + tokens.shape[1]
         history = tokens
         if cache is not None:  # keep every input token: a class step looks 3 tokens back
             if cache.tokens is None:
                 cache.tokens = tokens.new_zeros(tokens.shape[0], cache.max_len)
-            cache.tokens[:, start:start + tokens.shape[1]] = tokens
-            history = cache.tokens[:, :start + tokens.shape[1]]
-        bias = box_prior_bias(history, *self.box_prior, grid)[:, start:]           # [B, T, N]
+            cache.tokens[:, start:end] = tokens
+            history = cache.tokens[:, :end]
+        if start + (4 - start) % 5 >= end:                                      # no class step among them
+            return None
+        bias = box_prior_bias(history, *self.box_prior, grid, start=start)       # [B, T, N]
         gain = self.box_prior_gain.view(len(self.layers), 1, self.num_heads, 1, 1)
         return gain * bias[None, :, None]
 
@@ -251,17 +255,19 @@ class Decoder(nn.Module):
 
 # %% ../notebooks/05_decoder.ipynb #77e1acea
 def box_prior_bias(tokens: Tensor, coord_offset: int, num_bins: int, grid: int | tuple[int, int],
-                   floor: float = 0.05) -> Tensor:
-    """Cross-attention bias [B, T, h*w] for input tokens [B, T] (BOS at position 0), `grid` = (h, w) or h = w.
+                   floor: float = 0.05, start: int = 0) -> Tensor:
+    """Cross-attention bias [B, T - start, h*w] for the queries at positions start .. T-1 of input
+    tokens [B, T] (BOS at position 0), `grid` = (h, w) or h = w.
     A query at a class step (position p, p % 5 == 4) whose inputs p-3..p are coordinate tokens
     (ymin, xmin, ymax, xmax) gets log(coverage + floor) per cell, row-major; coverage is the
     fraction of the cell inside that box. Every other query gets 0 (ch. 05)."""
     B, T = tokens.shape
     h, w = (grid, grid) if isinstance(grid, int) else grid
-    bias = torch.zeros(B, T, h * w, device=tokens.device)
-    if T < 5:
+    bias = torch.zeros(B, T - start, h * w, device=tokens.device)
+    first = start + (4 - start) % 5                                       # the first class step >= start
+    if first >= T:
         return bias
-    pos = torch.arange(4, T, 5, device=tokens.device)
+    pos = torch.arange(first, T, 5, device=tokens.device)
     corners = torch.stack([tokens[:, pos - 3 + j] for j in range(4)], dim=-1) - coord_offset  # [B, n, 4]
     is_box = ((corners >= 0) & (corners < num_bins)).all(dim=-1)
     y0, x0, y1, x1 = (corners.clamp(0, num_bins - 1).float() / (num_bins - 1)).unbind(-1)
@@ -270,6 +276,6 @@ def box_prior_bias(tokens: Tensor, coord_offset: int, num_bins: int, grid: int |
         a, b = torch.minimum(a, b)[..., None], torch.maximum(a, b)[..., None]
         return (torch.minimum(b, lo + 1 / n) - torch.maximum(a, lo)).clamp(min=0) * n
     coverage = (overlap(y0, y1, h)[..., :, None] * overlap(x0, x1, w)[..., None, :]).flatten(-2)
-    bias[:, pos] = torch.where(is_box[..., None], torch.log(coverage + floor), 0.0)
+    bias[:, pos - start] = torch.where(is_box[..., None], torch.log(coverage + floor), 0.0)
     return bias
 

@@ -278,3 +278,12 @@ def test_box_prior_errors():
     k, v = mha.project_kv(torch.randn(1, 3, 32))
     with pytest.raises(ValueError, match="bias"):
         mha(torch.randn(1, 3, 32), k, v, causal=True, bias=torch.zeros(1, 1, 3, 3))
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 51), st.integers(0, 50), st.integers(0, 2**31 - 1))
+def test_box_prior_bias_from_start_is_the_tail_of_the_full_bias(length, start, seed):
+    start = min(start, length)
+    tokens = torch.randint(0, 72, (2, length), generator=torch.Generator().manual_seed(seed))
+    full = box_prior_bias(tokens, 8, 64, (3, 5))
+    assert torch.equal(box_prior_bias(tokens, 8, 64, (3, 5), start=start), full[:, start:])
