@@ -15,29 +15,19 @@ import json
 from pathlib import Path
 
 import torch
-from torchvision.ops import box_iou
 
 from p2s_lib.augment import build_batch
 from p2s_lib.data import collate_fn, make_synthetic_voc, make_transforms
+from p2s_lib.inference import recall_at_iou
 from p2s_lib.model import load_model
 from p2s_lib.train import build_dataset, evaluate_model
 
 
 def recalls(preds: list[dict], targets: list[dict]) -> dict:
-    """Share of non-difficult objects hit at IoU >= 0.5 by any prediction, and by one of the same class."""
-    total = any_class = same_class = 0
-    for p, t in zip(preds, targets):
-        keep = ~t["difficult"].bool()
-        boxes, labels = t["boxes"][keep], t["labels"][keep]
-        total += len(boxes)
-        if len(boxes) == 0 or len(p["boxes"]) == 0:
-            continue
-        iou = box_iou(boxes, p["boxes"])
-        any_class += int((iou.max(1).values >= 0.5).sum())
-        same = labels[:, None] == p["labels"][None]
-        same_class += int(((iou * same).max(1).values >= 0.5).sum())
-    return {"recall50_any_class": round(any_class / max(total, 1), 3),
-            "recall50_same_class": round(same_class / max(total, 1), 3)}
+    """Share of non-difficult objects found at IoU >= 0.5 (one prediction per object), any class and same class."""
+    kept = [{k: t[k][~t["difficult"].bool()] for k in ("boxes", "labels")} for t in targets]
+    return {"recall50_any_class": round(recall_at_iou(preds, kept, class_agnostic=True), 3),
+            "recall50_same_class": round(recall_at_iou(preds, kept), 3)}
 
 
 @torch.no_grad()
