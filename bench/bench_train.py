@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, nargs="*", default=[5, 15])
     parser.add_argument("--ship", default=None, help="also save the longest run's best model (fp16) here")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (1 lets two runs share 2 cores)")
-    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--lr", type=float, default=None, help="default: synthetic_budget_config's (6e-4)")
     parser.add_argument("--dropout", type=float, default=None)
     parser.add_argument("--order", default="random")
     args = parser.parse_args()
@@ -77,16 +77,17 @@ def main() -> None:
         make_synthetic_voc(root, seed=0)
     print(json.dumps({"nano_train_images_per_s_cpu": round(throughput(root, out / "throughput"), 1),
                       "threads": torch.get_num_threads()}))
+    lr = args.lr or synthetic_budget_config(root, None, out).lr
     for minutes in args.minutes:
         run_dir = out / f"nano_{minutes:g}min"
-        result = budget_run(root, run_dir, minutes, lr=args.lr, dropout=args.dropout, order=args.order)
-        print(json.dumps({**result, "lr": args.lr, "dropout": args.dropout, "order": args.order}), flush=True)
+        result = budget_run(root, run_dir, minutes, lr=lr, dropout=args.dropout, order=args.order)
+        print(json.dumps({**result, "lr": lr, "dropout": args.dropout, "order": args.order}), flush=True)
         last = run_dir
     print(json.dumps({"generation_images_per_s_batch32_cached": round(generation_speed(last / "best.pt", root), 1)}))
     if args.ship:
         model, info = load_model(last / "best.pt")
         threads = torch.get_num_threads()
-        note = (f"nano preset, trained {max(args.minutes):g} CPU minutes by bench/bench_train.py (lr {args.lr:g}, "
+        note = (f"nano preset, trained {max(args.minutes):g} CPU minutes by bench/bench_train.py (lr {lr:g}, "
                 f"dropout {model.config['decoder']['dropout']:g}, order {args.order}, {threads} "
                 f"thread{'s' if threads > 1 else ''}) on the train split of "
                 "the default synthetic set "
