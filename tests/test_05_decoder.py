@@ -5,7 +5,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
-from p2s_lib.decoder import Decoder, DecoderLayer, KVCache, MultiHeadAttention, box_prior_bias, causal_mask
+from p2s_lib.decoder import (Decoder, DecoderLayer, KVCache, MultiHeadAttention, box_prior_bias, causal_mask,
+                             first_class_step)
 
 
 def small_decoder(**kw) -> Decoder:
@@ -287,3 +288,9 @@ def test_box_prior_bias_from_start_is_the_tail_of_the_full_bias(length, start, s
     tokens = torch.randint(0, 72, (2, length), generator=torch.Generator().manual_seed(seed))
     full = box_prior_bias(tokens, 8, 64, (3, 5))
     assert torch.equal(box_prior_bias(tokens, 8, 64, (3, 5), start=start), full[:, start:])
+
+
+@given(st.integers(0, 10_000))
+def test_first_class_step_is_the_next_position_4_mod_5(start):
+    p = first_class_step(start)
+    assert p % 5 == 4 and start <= p < start + 5
