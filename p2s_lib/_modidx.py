@@ -83,7 +83,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                  'p2s_lib.decoder._init_weights': ('decoder.html#_init_weights', 'p2s_lib/decoder.py'),
                                  'p2s_lib.decoder.box_prior_bias': ('decoder.html#box_prior_bias', 'p2s_lib/decoder.py'),
                                  'p2s_lib.decoder.causal_mask': ('decoder.html#causal_mask', 'p2s_lib/decoder.py'),
-                                 'p2s_lib.decoder.first_class_step': ('decoder.html#first_class_step', 'p2s_lib/decoder.py')},
+                                 'p2s_lib.decoder.has_box_prior': ('decoder.html#has_box_prior', 'p2s_lib/decoder.py')},
             'p2s_lib.encoder': { 'p2s_lib.encoder.ConvBNReLU': ('encoder.html#convbnrelu', 'p2s_lib/encoder.py'),
                                  'p2s_lib.encoder.ConvBNReLU.__init__': ('encoder.html#convbnrelu.__init__', 'p2s_lib/encoder.py'),
                                  'p2s_lib.encoder.ImageEncoder': ('encoder.html#imageencoder', 'p2s_lib/encoder.py'),

@@ -17,21 +17,25 @@ from .decoder import Decoder
 
 # %% ../notebooks/05b_model.ipynb #a628e5ea
 PRESETS: dict[str, dict] = {
-    # CPU positive control (pix2seq.md §8): trains in minutes at 128 px. Four departures from the
+    # CPU positive control (pix2seq.md §8): trains in minutes at 128 px. Five departures from the
     # official settings (chapter 05b). Three speed up its first minutes of learning (a short run does
     # not overfit): no dropout, no LayerNorm on the memory, PyTorch's default init of the linear layers.
-    # The fourth, the box prior of the class step (chapter 05, section 8), speeds up learning the classes.
+    # The box prior of the class step (chapter 05, section 8) speeds up learning the classes; its
+    # partial form for the coordinate steps (section 8b), learning where the box edges are.
     "nano": dict(backbone="tiny", pretrained=False, d_model=192, encoder_layers=0, decoder_layers=3,
                  num_heads=4, dim_feedforward=768, dropout=0.0, image_size=128, num_bins=64,
-                 max_objects=10, sincos_init=True, memory_norm=False, linear_init="torch", box_prior=True),
+                 max_objects=10, sincos_init=True, memory_norm=False, linear_init="torch", box_prior=True,
+                 partial_box_prior=True),
     # a middle size: ResNet-18 trunk, short encoder and decoder
     "small": dict(backbone="resnet18", pretrained=False, d_model=256, encoder_layers=2, decoder_layers=4,
                   num_heads=8, dim_feedforward=1024, dropout=0.1, image_size=384, num_bins=384,
-                  max_objects=50, sincos_init=True, memory_norm=True, linear_init="gpt", box_prior=False),
+                  max_objects=50, sincos_init=True, memory_norm=True, linear_init="gpt", box_prior=False,
+                  partial_box_prior=False),
     # the paper's R50 model (about 36.6M parameters)
     "r50": dict(backbone="resnet50", pretrained=False, d_model=256, encoder_layers=6, decoder_layers=6,
                 num_heads=8, dim_feedforward=1024, dropout=0.1, image_size=640, num_bins=1000,
-                max_objects=100, sincos_init=False, memory_norm=True, linear_init="gpt", box_prior=False),
+                max_objects=100, sincos_init=False, memory_norm=True, linear_init="gpt", box_prior=False,
+                partial_box_prior=False),
 }
 
 # %% ../notebooks/05b_model.ipynb #526d5e0e
@@ -80,7 +84,7 @@ class Pix2Seq(nn.Module):
                    encoder=dict(backbone=p["backbone"], pretrained=p["pretrained"],
                                 num_layers=p["encoder_layers"], memory_norm=p["memory_norm"], **common),
                    decoder=dict(num_layers=p["decoder_layers"], linear_init=p["linear_init"], box_prior=box_prior,
-                                **common),
+                                partial_box_prior=p["partial_box_prior"], **common),
                    image_size=p["image_size"], sincos_init=p["sincos_init"])
 
     @classmethod

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
 from p2s_lib.decoder import (Decoder, DecoderLayer, KVCache, MultiHeadAttention, box_prior_bias, causal_mask,
-                             first_class_step)
+                             has_box_prior)
 
 
 def small_decoder(**kw) -> Decoder:
@@ -291,6 +291,68 @@ def test_box_prior_bias_from_start_is_the_tail_of_the_full_bias(length, start, s
 
 
 @given(st.integers(0, 10_000))
-def test_first_class_step_is_the_next_position_4_mod_5(start):
-    p = first_class_step(start)
-    assert p % 5 == 4 and start <= p < start + 5
+def test_has_box_prior_marks_class_steps_or_every_continuing_step(position):
+    assert has_box_prior(position) == (position % 5 == 4)
+    assert has_box_prior(position, partial=True) == (position % 5 != 0)
+
+
+def test_partial_box_prior_bias_is_the_region_still_allowed():
+    tokens = torch.tensor([[1, 8 + 32, 8 + 16, 8 + 48, 8 + 63, 3]])  # y 0.51-0.76, x 0.25-1
+    class_only = box_prior_bias(tokens, 8, 64, 4)
+    bias = box_prior_bias(tokens, 8, 64, 4, partial=True)
+    assert torch.equal(bias[0, 4], class_only[0, 4]) and class_only[0, :4].abs().sum() == 0
+    assert bias[0, 0].abs().sum() == 0 and bias[0, 5].abs().sum() == 0        # BOS and class inputs: none
+    inside = lambda p: (bias[0, p].view(4, 4) > -0.1).int().tolist()          # cells (almost) wholly allowed
+    assert inside(1) == [[0] * 4, [0] * 4, [1] * 4, [1] * 4]                    # below ymin
+    assert inside(2) == [[0] * 4, [0] * 4, [0, 1, 1, 1], [0, 1, 1, 1]]          # ... and right of xmin
+    assert inside(3) == [[0] * 4, [0] * 4, [0, 1, 1, 1], [0, 0, 0, 0]]          # ... and above ymax (0.76)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 51), st.integers(0, 2**31 - 1), st.integers(2, 9))
+def test_partial_box_prior_bias_bounded_and_shrinks_as_coordinates_are_read(length, seed, grid):
+    g = torch.Generator().manual_seed(seed)
+    bins = torch.randint(0, 64, (2, 10, 4), generator=g)
+    lo, hi = torch.minimum(bins[..., :2], bins[..., 2:]), torch.maximum(bins[..., :2], bins[..., 2:])
+    boxes = torch.cat([lo, hi], -1)                                          # ordered: ymin <= ymax, xmin <= xmax
+    objects = torch.cat([8 + boxes, torch.full((2, 10, 1), 3)], -1).flatten(1)
+    tokens = torch.cat([torch.ones(2, 1, dtype=torch.long), objects], 1)[:, :length]
+    bias = box_prior_bias(tokens, 8, 64, grid, floor=0.05, partial=True)
+    assert bias.min() >= torch.log(torch.tensor(0.05)) - 1e-5 and bias.max() <= torch.log(torch.tensor(1.05)) + 1e-5
+    assert bias[:, torch.arange(length) % 5 == 0].abs().sum() == 0
+    for p in range(1, length - 1):
+        if p % 5 in (1, 2, 3):                                               # the next region lies inside this one
+            assert (bias[:, p + 1] <= bias[:, p] + 1e-6).all()
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 51), st.integers(0, 50), st.integers(0, 2**31 - 1))
+def test_partial_box_prior_bias_from_start_is_the_tail_of_the_full_bias(length, start, seed):
+    start = min(start, length)
+    tokens = torch.randint(0, 72, (2, length), generator=torch.Generator().manual_seed(seed))
+    full = box_prior_bias(tokens, 8, 64, (3, 5), partial=True)
+    assert torch.equal(box_prior_bias(tokens, 8, 64, (3, 5), start=start, partial=True), full[:, start:])
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7])
+def test_partial_box_prior_cache_equals_full_pass_and_gain_zero_is_class_only(chunk):
+    dec = small_decoder(vocab_size=72, max_len=51, box_prior=(8, 64), partial_box_prior=True)
+    class_only = small_decoder(vocab_size=72, max_len=51, box_prior=(8, 64))
+    assert dec.partial_box_prior_gain.shape == (3 * 2 * 4,) and class_only.partial_box_prior_gain is None
+    tokens = torch.randint(8, 72, (2, 51), generator=torch.Generator().manual_seed(2))
+    tokens[:, 0] = 1
+    mem = torch.randn(2, 16, 32)
+    with torch.no_grad():
+        dec.partial_box_prior_gain.uniform_(0.5, 2.0)
+        full = dec(tokens, mem)
+        cache = dec.new_cache(mem)
+        steps = torch.cat([dec(tokens[:, i:i + chunk], cache=cache) for i in range(0, 51, chunk)], dim=1)
+        assert torch.allclose(steps, full, atol=1e-5)
+        dec.partial_box_prior_gain.zero_()
+        class_only.load_state_dict({k: v for k, v in dec.state_dict().items() if k != "partial_box_prior_gain"})
+        assert torch.allclose(dec(tokens, mem), class_only(tokens, mem), atol=1e-6)
+
+
+def test_partial_box_prior_needs_the_box_prior():
+    with pytest.raises(ValueError, match="partial_box_prior=True needs box_prior"):
+        small_decoder(partial_box_prior=True)

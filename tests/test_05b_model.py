@@ -35,7 +35,16 @@ def test_nano_matches_the_cpu_prototype(nano):
     assert isinstance(nano.encoder.proj_norm, torch.nn.Identity)  # the preset's departures (ch. 05b)
     assert nano.config["encoder"]["memory_norm"] is False and nano.config["decoder"]["linear_init"] == "torch"
     assert nano.decoder.box_prior == (tok.coord_offset, tok.num_bins)  # the class step's box prior (ch. 05)
+    assert nano.decoder.partial_box_prior and nano.config["decoder"]["partial_box_prior"] is True  # section 8b
     assert Pix2Seq.from_preset("small", 20).decoder.box_prior is None
+
+
+def test_config_without_partial_box_prior_still_loads(nano):
+    """Checkpoints written before the coordinate steps' prior have no such config key or gain."""
+    config = {**nano.config, "decoder": {k: v for k, v in nano.config["decoder"].items() if k != "partial_box_prior"}}
+    old = Pix2Seq.from_config(config)
+    assert old.decoder.partial_box_prior is False and old.decoder.partial_box_prior_gain is None
+    old.load_state_dict({k: v for k, v in nano.state_dict().items() if k != "decoder.partial_box_prior_gain"})
 
 
 def test_box_prior_on_a_non_square_grid(nano):
