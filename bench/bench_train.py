@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, nargs="*", default=[5, 15])
     parser.add_argument("--ship", default=None, help="also save the longest run's best model (fp16) here")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (1 lets two runs share 2 cores)")
-    parser.add_argument("--lr", type=float, default=None, help="default: synthetic_budget_config's (6e-4)")
+    parser.add_argument("--lr", type=float, default=None, help="default: synthetic_budget_config's (8e-4)")
     parser.add_argument("--dropout", type=float, default=None)
     parser.add_argument("--order", default="random")
     args = parser.parse_args()
