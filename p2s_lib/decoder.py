@@ -224,8 +224,8 @@ class Decoder(nn.Module):
     def _box_prior_biases(self, tokens: Tensor, cache: KVCache | None, num_cells: int,
                           grid: tuple[int, int] | None) -> Tensor | None:
         """Per-layer cross-attention biases [L, B, heads, T, N] of the box prior for the new `tokens`;
-        None when none of them gets one (a lone class-step query per 5 steps of cached decoding, or all
-        but the class steps without the partial prior: attention stays plain)."""
+        None when no new query gets one (BOS and class inputs; without the partial prior also the
+        coordinate steps): attention then stays plain, as in 4 of 5 steps of class-only cached decoding."""
         if grid is None:
             side = math.isqrt(num_cells)
             if side * side != num_cells:
