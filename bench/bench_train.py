@@ -88,7 +88,8 @@ def main() -> None:
         model, info = load_model(last / "best.pt")
         threads = torch.get_num_threads()
         note = (f"nano preset, trained {max(args.minutes):g} CPU minutes by bench/bench_train.py (lr {lr:g}, "
-                f"dropout {model.config['decoder']['dropout']:g}, order {args.order}, {threads} "
+                f"dropout {model.config['decoder']['dropout']:g}, order {args.order}, "
+                f"{model.tokenizer.max_objects} objects per sequence, {threads} "
                 f"thread{'s' if threads > 1 else ''}) on the train split of "
                 "the default synthetic set "
                 "(make_synthetic_voc(seed=0)); best val AP50 checkpoint, stored in fp16")

@@ -84,7 +84,8 @@ def test_cli_train_evaluate_predict(synthetic_root, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "--data-root", str(synthetic_root), "--classes", "infer", "--preset", "nano",
                  "--image-size", "64", "--epochs", "1", "--batch-size", "4", "--num-workers", "0",
-                 "--eval-images", "4", "--val-set", "val", "--out", str(out)]) == 0
+                 "--eval-images", "4", "--val-set", "val", "--max-objects", "7", "--out", str(out)]) == 0
+    assert load_model(out / "best.pt")[0].tokenizer.max_objects == 7       # --max-objects overrides the preset
     assert main(["evaluate", "--checkpoint", str(out / "best.pt"), "--data-root", str(synthetic_root),
                  "--image-set", "test", "--max-images", "4", "--out", str(tmp_path / "eval")]) == 0
     printed = capsys.readouterr().out
@@ -105,6 +106,8 @@ def test_bad_arguments_and_corrupt_checkpoint_give_clear_errors(synthetic_root, 
     assert "--preset must be one of" in capsys.readouterr().err
     assert main(["train", "--data-root", str(tmp_path / "nowhere")]) == 2
     assert "download_voc.py" in capsys.readouterr().err
+    assert main(["train", "--data-root", str(synthetic_root), "--max-objects", "0"]) == 2
+    assert "--max-objects must be >= 1, got 0" in capsys.readouterr().err
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"definitely not a checkpoint")
     assert main(["evaluate", "--checkpoint", str(bad), "--data-root", str(synthetic_root)]) == 2
@@ -141,4 +144,5 @@ def test_synthetic_budget_config_holds_val_out_and_flips_only(tmp_path):
     cfg = synthetic_budget_config(tmp_path, 5, tmp_path / "out", seed=3, scale_max=1.5)
     assert (cfg.train_set, cfg.val_set, cfg.classes, cfg.preset) == ("train", "val", "synthetic", "nano")
     assert cfg.max_minutes == 5 and cfg.scale_min == 1.0 and cfg.scale_max == 1.5 and cfg.seed == 3
+    assert cfg.lr == 8e-4 and cfg.max_objects == 8          # the CPU recipe's departures from TrainConfig's defaults
     validate_config(cfg)
