@@ -37,8 +37,8 @@ def throughput(root: Path, out: Path, steps: int = 30, warmup: int = 5) -> float
 
 def generation_speed(checkpoint: Path, root: Path, batch: int = 32) -> float:
     """Images/s of batched, cached, delayed-EOS generation (full max_objects*5+1 tokens)."""
-    model, _ = load_model(checkpoint)
-    data = build_dataset(root, "2007", "val", ["circle", "square", "triangle", "star"], make_transforms(False, model.image_size))
+    model, info = load_model(checkpoint)
+    data = build_dataset(root, "2007", "val", info["class_names"], make_transforms(False, model.image_size))
     images = torch.stack([data[i][0] for i in range(batch)])
     generate(model.eval(), images[:2])
     tick = time.perf_counter()
@@ -47,8 +47,10 @@ def generation_speed(checkpoint: Path, root: Path, batch: int = 32) -> float:
 
 
 def budget_run(root: Path, out: Path, minutes: float, **overrides) -> dict:
-    """Train `nano` for `minutes`, then score the best checkpoint on the test split."""
-    Trainer(synthetic_budget_config(root, minutes, out, **overrides)).fit()
+    """Train `nano` for `minutes` (overrides that are None keep synthetic_budget_config's value),
+    then score the best checkpoint on the test split."""
+    cfg = synthetic_budget_config(root, minutes, out, **{k: v for k, v in overrides.items() if v is not None})
+    Trainer(cfg).fit()
     model, info = load_model(out / "best.pt")
     test = build_dataset(root, "2007", "test", info["class_names"], make_transforms(False, model.image_size))
     metrics, _, _ = evaluate_model(model.eval(), test)
@@ -56,7 +58,7 @@ def budget_run(root: Path, out: Path, minutes: float, **overrides) -> dict:
         curve = [(round(float(r["train_minutes"]), 2), round(float(r["map_50"]), 3), round(float(r["map"]), 3))
                  for r in csv.DictReader(f) if r["map_50"]]
     return {"minutes": minutes, "test_map_50": round(metrics["map_50"], 4), "test_map": round(metrics["map"], 4),
-            "curve_train_minutes_map50_map": curve}
+            "curve_train_minutes_map50_map": curve, "lr": cfg.lr, "dropout": cfg.dropout, "order": cfg.order}
 
 
 def main() -> None:
@@ -77,17 +79,16 @@ def main() -> None:
         make_synthetic_voc(root, seed=0)
     print(json.dumps({"nano_train_images_per_s_cpu": round(throughput(root, out / "throughput"), 1),
                       "threads": torch.get_num_threads()}))
-    lr = args.lr or synthetic_budget_config(root, None, out).lr
     for minutes in args.minutes:
         run_dir = out / f"nano_{minutes:g}min"
-        result = budget_run(root, run_dir, minutes, lr=lr, dropout=args.dropout, order=args.order)
-        print(json.dumps({**result, "lr": lr, "dropout": args.dropout, "order": args.order}), flush=True)
+        result = budget_run(root, run_dir, minutes, lr=args.lr, dropout=args.dropout, order=args.order)
+        print(json.dumps(result), flush=True)
         last = run_dir
     print(json.dumps({"generation_images_per_s_batch32_cached": round(generation_speed(last / "best.pt", root), 1)}))
     if args.ship:
         model, info = load_model(last / "best.pt")
         threads = torch.get_num_threads()
-        note = (f"nano preset, trained {max(args.minutes):g} CPU minutes by bench/bench_train.py (lr {lr:g}, "
+        note = (f"nano preset, trained {max(args.minutes):g} CPU minutes by bench/bench_train.py (lr {result['lr']:g}, "
                 f"dropout {model.config['decoder']['dropout']:g}, order {args.order}, "
                 f"{model.tokenizer.max_objects} objects per sequence, {threads} "
                 f"thread{'s' if threads > 1 else ''}) on the train split of "

@@ -281,13 +281,13 @@ def test_box_prior_errors():
         mha(torch.randn(1, 3, 32), k, v, causal=True, bias=torch.zeros(1, 1, 3, 3))
 
 
-@settings(max_examples=30, deadline=None)
-@given(st.integers(1, 51), st.integers(0, 50), st.integers(0, 2**31 - 1))
-def test_box_prior_bias_from_start_is_the_tail_of_the_full_bias(length, start, seed):
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 51), st.integers(0, 50), st.integers(0, 2**31 - 1), st.booleans())
+def test_box_prior_bias_from_start_is_the_tail_of_the_full_bias(length, start, seed, partial):
     start = min(start, length)
     tokens = torch.randint(0, 72, (2, length), generator=torch.Generator().manual_seed(seed))
-    full = box_prior_bias(tokens, 8, 64, (3, 5))
-    assert torch.equal(box_prior_bias(tokens, 8, 64, (3, 5), start=start), full[:, start:])
+    full = box_prior_bias(tokens, 8, 64, (3, 5), partial=partial)
+    assert torch.equal(box_prior_bias(tokens, 8, 64, (3, 5), start=start, partial=partial), full[:, start:])
 
 
 @given(st.integers(0, 10_000))
@@ -323,15 +323,6 @@ def test_partial_box_prior_bias_bounded_and_shrinks_as_coordinates_are_read(leng
     for p in range(1, length - 1):
         if p % 5 in (1, 2, 3):                                               # the next region lies inside this one
             assert (bias[:, p + 1] <= bias[:, p] + 1e-6).all()
-
-
-@settings(max_examples=30, deadline=None)
-@given(st.integers(1, 51), st.integers(0, 50), st.integers(0, 2**31 - 1))
-def test_partial_box_prior_bias_from_start_is_the_tail_of_the_full_bias(length, start, seed):
-    start = min(start, length)
-    tokens = torch.randint(0, 72, (2, length), generator=torch.Generator().manual_seed(seed))
-    full = box_prior_bias(tokens, 8, 64, (3, 5), partial=True)
-    assert torch.equal(box_prior_bias(tokens, 8, 64, (3, 5), start=start, partial=True), full[:, start:])
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 7])
