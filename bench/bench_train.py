@@ -2,6 +2,8 @@
 
     python bench/bench_train.py --minutes 5 15          # the issue's 5- and 15-minute budgets
     python bench/bench_train.py --minutes 15 --ship notebooks/assets/nano_synthetic.pt
+    torchrun --nproc_per_node=2 bench/bench_train.py --minutes 15 --batch-size 8 --lr 1.1e-3
+                                                        # data-parallel: one process per core
 
 Prints figures; it is not a test. The mAP runs train the `nano` preset on the default synthetic
 set (made if missing): they train on its `train` split, evaluate on the held-out `val` split during
@@ -14,25 +16,26 @@ import time
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from p2s_lib.data import make_synthetic_voc
 from p2s_lib.inference import generate
 from p2s_lib.model import load_model, save_model
 from p2s_lib.train import (Trainer, build_dataset, collate_fn, evaluate_model, make_transforms,
-                           synthetic_budget_config)
+                           setup_distributed, synthetic_budget_config)
 
 
-def throughput(root: Path, out: Path, steps: int = 30, warmup: int = 5) -> float:
-    """Training images/s of `nano` (batch 8, 128 px, real data loading and sequence augmentation)."""
-    trainer = Trainer(synthetic_budget_config(root, None, out))
+def throughput(root: Path, out: Path, steps: int = 30, warmup: int = 5, batch_size: int = 8) -> float:
+    """Training images/s of `nano` (128 px, real data loading and sequence augmentation), all ranks together."""
+    trainer = Trainer(synthetic_budget_config(root, None, out, batch_size=batch_size))
     trainer.sampler.set_epoch(0)
-    loader = iter(torch.utils.data.DataLoader(trainer.train_data, batch_size=8, sampler=trainer.sampler,
+    loader = iter(torch.utils.data.DataLoader(trainer.train_data, batch_size=batch_size, sampler=trainer.sampler,
                                               collate_fn=collate_fn, num_workers=0, drop_last=True))
     for i in range(warmup + steps):
         if i == warmup:
             tick = time.perf_counter()
         trainer.train_step(*next(loader))
-    return steps * 8 / (time.perf_counter() - tick)
+    return steps * batch_size * trainer.world_size / (time.perf_counter() - tick)
 
 
 def generation_speed(checkpoint: Path, root: Path, batch: int = 32) -> float:
@@ -51,6 +54,8 @@ def budget_run(root: Path, out: Path, minutes: float, **overrides) -> dict:
     then score the best checkpoint on the test split."""
     cfg = synthetic_budget_config(root, minutes, out, **{k: v for k, v in overrides.items() if v is not None})
     Trainer(cfg).fit()
+    if dist.is_initialized():
+        dist.barrier()  # rank 0 has written best.pt; every rank scores its shard of the test split
     model, info = load_model(out / "best.pt")
     test = build_dataset(root, "2007", "test", info["class_names"], make_transforms(False, model.image_size))
     metrics, _, _ = evaluate_model(model.eval(), test)
@@ -58,7 +63,8 @@ def budget_run(root: Path, out: Path, minutes: float, **overrides) -> dict:
         curve = [(round(float(r["train_minutes"]), 2), round(float(r["map_50"]), 3), round(float(r["map"]), 3))
                  for r in csv.DictReader(f) if r["map_50"]]
     return {"minutes": minutes, "test_map_50": round(metrics["map_50"], 4), "test_map": round(metrics["map"], 4),
-            "curve_train_minutes_map50_map": curve, "lr": cfg.lr, "dropout": cfg.dropout, "order": cfg.order}
+            "curve_train_minutes_map50_map": curve, "lr": cfg.lr, "dropout": cfg.dropout, "order": cfg.order,
+            "batch_size": cfg.batch_size}
 
 
 def main() -> None:
@@ -71,32 +77,43 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=None, help="default: synthetic_budget_config's (8e-4)")
     parser.add_argument("--dropout", type=float, default=None)
     parser.add_argument("--order", default="random")
+    parser.add_argument("--batch-size", type=int, default=8, help="per process (under torchrun: per rank)")
     args = parser.parse_args()
+    rank, world_size = setup_distributed()
     if args.threads:
         torch.set_num_threads(args.threads)
+    say = print if rank == 0 else (lambda *a, **k: None)
     root, out = Path(args.data_root), Path(args.out)
     if not (root / "VOCdevkit").exists():
         make_synthetic_voc(root, seed=0)
-    print(json.dumps({"nano_train_images_per_s_cpu": round(throughput(root, out / "throughput"), 1),
-                      "threads": torch.get_num_threads()}))
+    speed = throughput(root, out / "throughput", batch_size=args.batch_size)
+    say(json.dumps({"nano_train_images_per_s_cpu": round(speed, 1), "threads": torch.get_num_threads(),
+                    "processes": world_size, "batch_size_per_process": args.batch_size}))
     for minutes in args.minutes:
         run_dir = out / f"nano_{minutes:g}min"
-        result = budget_run(root, run_dir, minutes, lr=args.lr, dropout=args.dropout, order=args.order)
-        print(json.dumps(result), flush=True)
+        result = budget_run(root, run_dir, minutes, lr=args.lr, dropout=args.dropout, order=args.order,
+                            batch_size=args.batch_size)
+        say(json.dumps(result), flush=True)
         last = run_dir
+    if rank != 0:
+        dist.destroy_process_group()
+        return
     print(json.dumps({"generation_images_per_s_batch32_cached": round(generation_speed(last / "best.pt", root), 1)}))
     if args.ship:
         model, info = load_model(last / "best.pt")
         threads = torch.get_num_threads()
         note = (f"nano preset, trained {max(args.minutes):g} CPU minutes by bench/bench_train.py (lr {result['lr']:g}, "
                 f"dropout {model.config['decoder']['dropout']:g}, order {args.order}, "
-                f"{model.tokenizer.max_objects} objects per sequence, {threads} "
+                f"{model.tokenizer.max_objects} objects per sequence, {world_size} process"
+                f"{'es' if world_size > 1 else ''} x batch {args.batch_size} x {threads} "
                 f"thread{'s' if threads > 1 else ''}) on the train split of "
                 "the default synthetic set "
                 "(make_synthetic_voc(seed=0)); best val AP50 checkpoint, stored in fp16")
         save_model(model, args.ship, half=True, class_names=info["class_names"], note=note,
                    metrics={k: v for k, v in info.get("metrics", {}).items() if isinstance(v, float)})
         print("shipped", args.ship, Path(args.ship).stat().st_size // 1024, "KiB")
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
