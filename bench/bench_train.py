@@ -64,7 +64,7 @@ def budget_run(root: Path, out: Path, minutes: float, **overrides) -> dict:
                  for r in csv.DictReader(f) if r["map_50"]]
     return {"minutes": minutes, "test_map_50": round(metrics["map_50"], 4), "test_map": round(metrics["map"], 4),
             "curve_train_minutes_map50_map": curve, "lr": cfg.lr, "dropout": cfg.dropout, "order": cfg.order,
-            "batch_size": cfg.batch_size}
+            "batch_size": cfg.batch_size, "hflip": cfg.hflip, "vflip": cfg.vflip, "transpose": cfg.transpose}
 
 
 def main() -> None:
@@ -103,7 +103,8 @@ def main() -> None:
         model, info = load_model(last / "best.pt")
         threads = torch.get_num_threads()
         note = (f"nano preset, trained {max(args.minutes):g} CPU minutes by bench/bench_train.py (lr {result['lr']:g}, "
-                f"dropout {model.config['decoder']['dropout']:g}, order {args.order}, "
+                f"dropout {model.config['decoder']['dropout']:g}, order {args.order}, flips h/v "
+                f"{result['hflip']:g}/{result['vflip']:g} and transpose {result['transpose']:g}, "
                 f"{model.tokenizer.max_objects} objects per sequence, {world_size} process"
                 f"{'es' if world_size > 1 else ''} x batch {args.batch_size} x {threads} "
                 f"thread{'s' if threads > 1 else ''}) on the train split of "

@@ -23,7 +23,8 @@ from torchvision.transforms.v2 import functional as TF
 # %% auto #0
 __all__ = ['VOC_CLASSES', 'SYNTHETIC_CLASSES', 'make_synthetic_voc', 'VOCAnnotationError', 'VOCImageError', 'VOCMissingError',
            'VOCWarning', 'parse_voc_xml', 'infer_classes', 'decode_rgb', 'VOCDataset', 'draw_target', 'show_grid',
-           'ResizeLongestSide', 'FixedSizeCrop', 'DetectionTransform', 'make_transforms', 'collate_fn']
+           'ResizeLongestSide', 'FixedSizeCrop', 'RandomTranspose', 'DetectionTransform', 'make_transforms',
+           'collate_fn']
 
 # %% ../notebooks/00_data.ipynb #08f4a28f
 VOC_CLASSES: tuple[str, ...] = (
@@ -554,6 +555,31 @@ class FixedSizeCrop(v2.Transform):
                                  height=self.size, width=self.size)
 
 
+class RandomTranspose(v2.Transform):
+    """Swap the x and y axes (rotate by 90° and mirror) with probability p; boxes follow.
+
+    With horizontal and vertical flips this reaches all 8 symmetries of the square: for data with no
+    "up" (shapes, aerial and microscope images), not for photos of people and streets."""
+    def __init__(self, p: float = 0.5):
+        super().__init__()
+        self.p = p
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        return dict(apply=torch.rand(()).item() < self.p)
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if not params["apply"]:
+            return inpt
+        if isinstance(inpt, tv_tensors.BoundingBoxes):
+            if inpt.format != tv_tensors.BoundingBoxFormat.XYXY:
+                raise ValueError(f"RandomTranspose needs XYXY boxes, got {inpt.format}")
+            h, w = inpt.canvas_size
+            return tv_tensors.wrap(inpt.as_subclass(torch.Tensor)[..., [1, 0, 3, 2]], like=inpt, canvas_size=(w, h))
+        if isinstance(inpt, (tv_tensors.Image, tv_tensors.Mask)):
+            return tv_tensors.wrap(inpt.as_subclass(torch.Tensor).transpose(-1, -2), like=inpt)
+        raise TypeError(f"RandomTranspose can't transpose a {type(inpt).__name__}")
+
+
 def _box_aligned(inputs: Any) -> tuple[torch.Tensor, ...]:
     "labels_getter for SanitizeBoundingBoxes: labels and difficult flags move with the boxes."
     target = inputs[1]
@@ -587,19 +613,24 @@ class DetectionTransform:
 
 
 def make_transforms(train: bool, image_size: int, scale_range: tuple[float, float] = (0.3, 2.0),
-                    hflip: float = 0.5, color_jitter: float = 0.0) -> DetectionTransform:
-    """Eval: resize longest side to S, pad bottom/right to S×S. Train: scale jitter in `scale_range`, random S×S
-    crop, horizontal flip with prob `hflip`, colour jitter of strength `color_jitter`. Boxes out: normalized
+                    hflip: float = 0.5, color_jitter: float = 0.0, vflip: float = 0.0,
+                    transpose: float = 0.0) -> DetectionTransform:
+    """Eval: resize longest side to S, pad bottom/right to S×S. Train: horizontal flip with prob `hflip` (and
+    vertical flip / transpose with probs `vflip` / `transpose`, for data with no "up"), scale jitter in
+    `scale_range`, random S×S crop, colour jitter of strength `color_jitter`. Boxes out: normalized
     xyxy in [0, 1] of the S×S canvas. See chapter 00."""
     if image_size < 1:
         raise ValueError(f"image_size must be positive, got {image_size!r}")
     if not (0 < scale_range[0] <= scale_range[1]):
         raise ValueError(f"scale_range must be 0 < lo <= hi, got {scale_range!r}")
-    if not 0 <= hflip <= 1:
-        raise ValueError(f"hflip is a probability, got {hflip!r}")
-    if train:  # flip first (as the official code does), so padding always lands bottom/right, as in eval
-        steps = [v2.RandomHorizontalFlip(hflip), ResizeLongestSide(image_size, scale_range),
-                 FixedSizeCrop(image_size, random=True)]
+    for name, p in (("hflip", hflip), ("vflip", vflip), ("transpose", transpose)):
+        if not 0 <= p <= 1:
+            raise ValueError(f"{name} is a probability, got {p!r}")
+    if train:  # flips first (as the official code does), so padding always lands bottom/right, as in eval
+        steps = [v2.RandomHorizontalFlip(hflip)]
+        steps += [v2.RandomVerticalFlip(vflip)] if vflip > 0 else []
+        steps += [RandomTranspose(transpose)] if transpose > 0 else []
+        steps += [ResizeLongestSide(image_size, scale_range), FixedSizeCrop(image_size, random=True)]
         if color_jitter > 0:
             steps.append(v2.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter,
                                         hue=min(0.5, color_jitter / 4)))

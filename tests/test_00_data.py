@@ -13,7 +13,8 @@ from PIL import Image
 import p2s_lib.data as data
 from p2s_lib.data import (SYNTHETIC_CLASSES, VOC_CLASSES, VOCAnnotationError, VOCDataset, VOCImageError,
                           VOCMissingError, VOCWarning, collate_fn, draw_target, infer_classes, make_synthetic_voc,
-                          make_transforms, parse_voc_xml)
+                          make_transforms, parse_voc_xml, RandomTranspose)
+from torchvision import tv_tensors
 
 
 # ---------------------------------------------------------------- helpers
@@ -390,6 +391,52 @@ def test_flip_law(data, seed):
     assert f_img[:, :, :1].sum() > 0  # padding stays bottom/right: the left column is image, not padding
 
 
+def flip_vertically(img, target):
+    H, b = img.shape[-2], target["boxes"]
+    return img.flip(-2), dict(target, boxes=torch.stack([b[:, 0], H - b[:, 3], b[:, 2], H - b[:, 1]], 1))
+
+
+def transpose_by_hand(img, target):
+    return img.transpose(-1, -2), dict(target, boxes=target["boxes"][:, [1, 0, 3, 2]])
+
+
+@settings(max_examples=30, deadline=None)
+@given(data=st.data(), seed=st.integers(0, 2**31 - 1), op=st.sampled_from(["vflip", "transpose"]))
+def test_vflip_and_transpose_laws(data, seed, op):
+    """op=1 on an image == op by hand, then the same pipeline with op never firing (same random draws).
+    hflip is off: the pipeline flips before it transposes, and the two don't commute."""
+    img, target = random_sample(data)
+    by_hand = {"vflip": flip_vertically, "transpose": transpose_by_hand}[op]
+    S = 40
+    torch.manual_seed(seed)
+    a_img, a = make_transforms(True, S, hflip=0.0, **{op: 1e-12})(*by_hand(img, target))
+    torch.manual_seed(seed)
+    f_img, f = make_transforms(True, S, hflip=0.0, **{op: 1.0})(img, target)
+    assert torch.equal(f_img, a_img)
+    assert torch.equal(a["labels"], f["labels"]) and torch.equal(a["difficult"], f["difficult"])
+    assert torch.allclose(f["boxes"], a["boxes"], atol=1e-6)
+
+
+@settings(max_examples=30, deadline=None)
+@given(data=st.data())
+def test_random_transpose_is_an_involution(data):
+    img, target = random_sample(data)
+    h, w = img.shape[-2:]
+    boxes = tv_tensors.BoundingBoxes(target["boxes"], format="XYXY", canvas_size=(h, w))
+    once = RandomTranspose(1.0)(tv_tensors.Image(img), boxes)
+    assert once[0].shape[-2:] == (w, h) and once[1].canvas_size == (w, h)
+    twice = RandomTranspose(1.0)(*once)
+    assert torch.equal(twice[0], img) and torch.equal(twice[1], boxes) and twice[1].canvas_size == (h, w)
+    kept = RandomTranspose(0.0)(tv_tensors.Image(img), boxes)
+    assert torch.equal(kept[0], img) and torch.equal(kept[1], boxes)
+
+
+def test_random_transpose_rejects_other_box_formats():
+    boxes = tv_tensors.BoundingBoxes([[1.0, 2.0, 3.0, 4.0]], format="XYWH", canvas_size=(10, 10))
+    with pytest.raises(ValueError, match="XYXY"):
+        RandomTranspose(1.0)(tv_tensors.Image(torch.zeros(3, 10, 10)), boxes)
+
+
 @settings(max_examples=30, deadline=None)
 @given(data=st.data(), seed=st.integers(0, 2**31 - 1), train=st.booleans())
 def test_transform_invariants(data, seed, train):
@@ -415,7 +462,8 @@ def test_transform_accepts_float_images_and_checks_arguments():
     img = torch.rand(3, 30, 50)
     x, t = make_transforms(False, 25)(img, dict(boxes=[[0.0, 0.0, 50.0, 30.0]], labels=torch.tensor([0])))
     assert x.shape == (3, 25, 25) and torch.allclose(t["boxes"], torch.tensor([[0, 0, 1, 0.6]]))
-    for kw in [dict(image_size=0), dict(scale_range=(0.0, 1.0)), dict(scale_range=(2.0, 1.0)), dict(hflip=1.5)]:
+    for kw in [dict(image_size=0), dict(scale_range=(0.0, 1.0)), dict(scale_range=(2.0, 1.0)), dict(hflip=1.5),
+               dict(vflip=-0.1), dict(transpose=2.0)]:
         with pytest.raises(ValueError):
             make_transforms(True, **{"image_size": 32, **kw})
 

@@ -73,6 +73,16 @@ def test_checkpoints_log_and_plot_are_written(synthetic_root, tmp_path):
     assert not list(tmp_path.glob("*.tmp*"))  # atomic writes leave no temporaries
 
 
+def test_vflip_and_transpose_reach_the_train_pipeline(synthetic_root, tmp_path):
+    from torchvision.transforms import v2
+    from p2s_lib.data import RandomTranspose
+    steps = Trainer(tiny_config(synthetic_root, tmp_path, vflip=0.25, transpose=0.75)).train_data.transforms.pipeline.transforms
+    flips = {type(t): t.p for t in steps if isinstance(t, (v2.RandomVerticalFlip, RandomTranspose))}
+    assert flips == {v2.RandomVerticalFlip: 0.25, RandomTranspose: 0.75}
+    plain = Trainer(tiny_config(synthetic_root, tmp_path)).train_data.transforms.pipeline.transforms
+    assert not any(isinstance(t, (v2.RandomVerticalFlip, RandomTranspose)) for t in plain)   # off by default
+
+
 def test_nan_loss_stops_with_clear_message_after_saving(synthetic_root, tmp_path, monkeypatch):
     monkeypatch.setattr(train_mod, "weighted_cross_entropy", lambda *a: torch.tensor(float("nan"), requires_grad=True))
     with pytest.raises(TrainingDiverged, match="loss is nan at step 0"):
@@ -108,6 +118,8 @@ def test_bad_arguments_and_corrupt_checkpoint_give_clear_errors(synthetic_root, 
     assert "download_voc.py" in capsys.readouterr().err
     assert main(["train", "--data-root", str(synthetic_root), "--max-objects", "0"]) == 2
     assert "--max-objects must be >= 1, got 0" in capsys.readouterr().err
+    assert main(["train", "--data-root", str(synthetic_root), "--transpose", "1.5"]) == 2
+    assert "--transpose is a probability, got 1.5" in capsys.readouterr().err
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"definitely not a checkpoint")
     assert main(["evaluate", "--checkpoint", str(bad), "--data-root", str(synthetic_root)]) == 2
@@ -145,4 +157,6 @@ def test_synthetic_budget_config_holds_val_out_and_flips_only(tmp_path):
     assert (cfg.train_set, cfg.val_set, cfg.classes, cfg.preset) == ("train", "val", "synthetic", "nano")
     assert cfg.max_minutes == 5 and cfg.scale_min == 1.0 and cfg.scale_max == 1.5 and cfg.seed == 3
     assert cfg.lr == 8e-4 and cfg.max_objects == 8          # the CPU recipe's departures from TrainConfig's defaults
+    assert (cfg.hflip, cfg.vflip, cfg.transpose) == (0.5, 0.5, 0.5)   # all 8 symmetries: the shapes have no "up"
+    assert TrainConfig().vflip == 0.0 and TrainConfig().transpose == 0.0   # off for photos
     validate_config(cfg)
