@@ -74,7 +74,9 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, nargs="*", default=[5, 15])
     parser.add_argument("--ship", default=None, help="also save the longest run's best model (fp16) here")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (1 lets two runs share 2 cores)")
-    parser.add_argument("--lr", type=float, default=None, help="default: synthetic_budget_config's (8e-4)")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="default: synthetic_budget_config's (8e-4, for a global batch of 8); scale it by "
+                             "the square root of the global batch (1.1e-3 for 2 processes x batch 8)")
     parser.add_argument("--dropout", type=float, default=None)
     parser.add_argument("--order", default="random")
     parser.add_argument("--batch-size", type=int, default=8, help="per process (under torchrun: per rank)")
