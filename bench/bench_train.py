@@ -105,10 +105,10 @@ def main() -> None:
         model, info = load_model(last / "best.pt")
         threads = torch.get_num_threads()
         note = (f"nano preset, trained {max(args.minutes):g} CPU minutes by bench/bench_train.py (lr {result['lr']:g}, "
-                f"dropout {model.config['decoder']['dropout']:g}, order {args.order}, flips h/v "
+                f"dropout {model.config['decoder']['dropout']:g}, order {result['order']}, flips h/v "
                 f"{result['hflip']:g}/{result['vflip']:g} and transpose {result['transpose']:g}, "
                 f"{model.tokenizer.max_objects} objects per sequence, {world_size} process"
-                f"{'es' if world_size > 1 else ''} x batch {args.batch_size} x {threads} "
+                f"{'es' if world_size > 1 else ''} x batch {result['batch_size']} x {threads} "
                 f"thread{'s' if threads > 1 else ''}) on the train split of "
                 "the default synthetic set "
                 "(make_synthetic_voc(seed=0)); best val AP50 checkpoint, stored in fp16")

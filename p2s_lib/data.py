@@ -577,6 +577,8 @@ class RandomTranspose(v2.Transform):
             return tv_tensors.wrap(inpt.as_subclass(torch.Tensor)[..., [1, 0, 3, 2]], like=inpt, canvas_size=(w, h))
         if isinstance(inpt, (tv_tensors.Image, tv_tensors.Mask)):
             return tv_tensors.wrap(inpt.as_subclass(torch.Tensor).transpose(-1, -2), like=inpt)
+        if type(inpt) is torch.Tensor:  # v2 takes a plain tensor for the image when there is no Image
+            return inpt.transpose(-1, -2)
         raise TypeError(f"RandomTranspose can't transpose a {type(inpt).__name__}")
 
 

@@ -429,6 +429,8 @@ def test_random_transpose_is_an_involution(data):
     assert torch.equal(twice[0], img) and torch.equal(twice[1], boxes) and twice[1].canvas_size == (h, w)
     kept = RandomTranspose(0.0)(tv_tensors.Image(img), boxes)
     assert torch.equal(kept[0], img) and torch.equal(kept[1], boxes)
+    plain = RandomTranspose(1.0)(img, boxes)                   # a plain tensor is the image, as in v2
+    assert torch.equal(plain[0], img.transpose(-1, -2)) and torch.equal(plain[1], once[1])
 
 
 def test_random_transpose_rejects_other_box_formats():

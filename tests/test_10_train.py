@@ -152,7 +152,7 @@ def test_demo_trains_scores_and_draws(synthetic_root, tmp_path, capsys):
     assert (out / "predictions.png").stat().st_size > 0 and (out / "curves.png").exists()
 
 
-def test_synthetic_budget_config_holds_val_out_and_flips_only(tmp_path):
+def test_synthetic_budget_config_holds_val_out_and_skips_scale_jitter(tmp_path):
     cfg = synthetic_budget_config(tmp_path, 5, tmp_path / "out", seed=3, scale_max=1.5)
     assert (cfg.train_set, cfg.val_set, cfg.classes, cfg.preset) == ("train", "val", "synthetic", "nano")
     assert cfg.max_minutes == 5 and cfg.scale_min == 1.0 and cfg.scale_max == 1.5 and cfg.seed == 3
