@@ -143,16 +143,22 @@ def _as_sizes(orig_sizes, batch: int) -> Tensor:
     return sizes
 
 
-def postprocess(tokens: Tensor, class_probs: Tensor, tokenizer, orig_sizes=None) -> list[dict]:
+def postprocess(tokens: Tensor, class_probs: Tensor, tokenizer, orig_sizes=None,
+                labels_per_object: int = 1) -> list[dict]:
     """Turn generated tokens [B, L] (BOS excluded) into detections, one dict per image (chapter 08).
 
     Objects are read 5 tokens at a time up to the first EOS (no EOS: the whole sequence).
     An object whose 4 first tokens are not all coordinates, or whose 5th is not a class token
     (real or noise), is dropped. Its label is the argmax of `class_probs` (real classes at its
-    class step) and its score that probability. ymin,xmin,ymax,xmax -> xyxy with ordered corners.
+    class step) and its score that probability. `labels_per_object=k` keeps the k most probable
+    classes instead, as k detections that share the box (a per-class output, like Faster R-CNN's):
+    a misread class still counts for mAP, at a lower score. ymin,xmin,ymax,xmax -> xyxy, ordered corners.
     Boxes are normalized to the S x S canvas, or, with `orig_sizes` ((H, W) per image), pixels of
     the original image (normalized * max(H, W), the eval transform's letterbox) clipped to it.
     Boxes with zero width or height are dropped."""
+    if not 1 <= labels_per_object <= class_probs.size(-1):
+        raise ValueError(f"labels_per_object must be in [1, {class_probs.size(-1)}] (the classes), "
+                         f"got {labels_per_object!r}")
     tokens, class_probs = tokens.detach().cpu(), class_probs.detach().cpu().float()
     B = tokens.size(0)
     sizes = None if orig_sizes is None else _as_sizes(orig_sizes, B)
@@ -175,17 +181,19 @@ def postprocess(tokens: Tensor, class_probs: Tensor, tokenizer, orig_sizes=None)
             boxes[:, 0::2] = boxes[:, 0::2].clamp(0, W)
             boxes[:, 1::2] = boxes[:, 1::2].clamp(0, H)
         valid &= (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-        scores, labels = class_probs[b, :m].max(dim=-1)
-        results.append({"boxes": boxes[valid], "scores": scores[valid], "labels": labels[valid]})
+        scores, labels = class_probs[b, :m].topk(labels_per_object, dim=-1)  # [m, k]
+        keep = valid[:, None].expand_as(labels)
+        results.append({"boxes": boxes[:, None].expand(-1, labels_per_object, -1)[keep],
+                        "scores": scores[keep], "labels": labels[keep]})
     return results
 
 
-def predict(model: nn.Module, images: Tensor, orig_sizes, **gen_kwargs) -> list[dict]:
+def predict(model: nn.Module, images: Tensor, orig_sizes, labels_per_object: int = 1, **gen_kwargs) -> list[dict]:
     """`generate` then `postprocess`: per image {"boxes" pixel xyxy in the original image,
     "scores", "labels"}. `orig_sizes` are the (H, W) of the images before the eval transform
     (None: boxes normalized to the model's S x S canvas). Chapter 08."""
     out = generate(model, images, **gen_kwargs)
-    return postprocess(out["tokens"], out["class_probs"], model.tokenizer, orig_sizes)
+    return postprocess(out["tokens"], out["class_probs"], model.tokenizer, orig_sizes, labels_per_object)
 
 # %% ../notebooks/08_inference.ipynb #ch08-033
 def draw_predictions(image: Tensor, prediction: dict, class_names=None, score_threshold: float = 0.0,

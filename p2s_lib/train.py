@@ -66,6 +66,7 @@ class TrainConfig:
     eval_every: int = 1                # epochs
     eval_images: int | None = 500      # cap on validation images per evaluation (None: all)
     top_p: float = 0.4
+    labels_per_object: int = 1         # at evaluation: detections per object, its likeliest classes
     delayed_eos: bool = True           # decode the full length at evaluation (chapter 08)
     num_workers: int = 2
     out: str = "runs/p2s"
@@ -268,7 +269,8 @@ class Trainer:
         overrides = {k: v for k, v in (("image_size", cfg.image_size), ("dropout", cfg.dropout),
                                        ("max_objects", cfg.max_objects)) if v is not None}
         self.model = (Pix2Seq.from_config(state["config"]) if state else
-                      Pix2Seq.from_preset(cfg.preset, num_classes=len(self.class_names), **overrides)).to(self.device)
+                      Pix2Seq.from_preset(cfg.preset, num_classes=len(self.class_names), **overrides)).to(
+                          self.device, memory_format=torch.channels_last)  # faster convolutions, CPU and GPU
         self.tokenizer, size = self.model.tokenizer, self.model.image_size
         train_tf = make_transforms(True, size, scale_range=(cfg.scale_min, cfg.scale_max), hflip=cfg.hflip,
                                    vflip=cfg.vflip, transpose=cfg.transpose)
@@ -283,7 +285,7 @@ class Trainer:
             (no_decay if p.ndim < 2 or "embed" in name else decay).append(p)
         self.optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=cfg.lr, betas=(0.9, cfg.beta2), fused=self.device.type == "cuda")
+            lr=cfg.lr, betas=(0.9, cfg.beta2), fused=self.device.type in ("cuda", "cpu"))
         self.schedule = WarmupLinearDecay(self.optimizer, cfg.epochs * self.steps_per_epoch,
                                           cfg.warmup_frac, cfg.final_lr_frac)
         self.step, self.best, self.history, self.train_seconds = 0, -1.0, [], 0.0
@@ -319,7 +321,8 @@ class Trainer:
         inputs, labels, weights = build_batch(targets, self.tokenizer, order=self.cfg.order,
                                               augment=self.cfg.sequence_augmentation,
                                               eos_weight=self.cfg.eos_weight, generator=g)
-        images, inputs, labels, weights = (t.to(self.device, non_blocking=True) for t in (images, inputs, labels, weights))
+        images = images.to(self.device, non_blocking=True, memory_format=torch.channels_last)
+        inputs, labels, weights = (t.to(self.device, non_blocking=True) for t in (inputs, labels, weights))
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp and self.device.type == "cuda"):
             logits = self.forward(images, inputs)
         loss = weighted_cross_entropy(logits.float(), labels, weights)
@@ -410,7 +413,8 @@ class Trainer:
     def evaluate_and_keep_best(self) -> dict:
         tick = time.perf_counter()
         metrics, _, _ = evaluate_model(self.model, self.val_data, batch_size=32, max_images=self.cfg.eval_images,
-                                       top_p=self.cfg.top_p, seed=self.cfg.seed, delayed_eos=self.cfg.delayed_eos)
+                                       top_p=self.cfg.top_p, seed=self.cfg.seed, delayed_eos=self.cfg.delayed_eos,
+                                       labels_per_object=self.cfg.labels_per_object)
         self.eval_seconds, self.last_eval_step = time.perf_counter() - tick, self.step
         row = {"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 3),
                **{k: metrics[k] for k in ("map", "map_50", "voc_map_50")}}
@@ -520,6 +524,7 @@ def validate_config(cfg: TrainConfig) -> None:
                 for name, p in (("hflip", cfg.hflip), ("vflip", cfg.vflip), ("transpose", cfg.transpose))],
               (cfg.max_minutes is None or cfg.max_minutes > 0, f"--max-minutes must be > 0, got {cfg.max_minutes}"),
               (cfg.image_size is None or cfg.image_size >= 32, f"--image-size must be >= 32, got {cfg.image_size}"),
+              (cfg.labels_per_object >= 1, f"--labels-per-object must be >= 1, got {cfg.labels_per_object}"),
               (cfg.max_objects is None or cfg.max_objects >= 1, f"--max-objects must be >= 1, got {cfg.max_objects}"),
               (Path(cfg.data_root).is_dir(), f"--data-root {cfg.data_root!r} is not a directory: get VOC with "
                "`python data_scripts/download_voc.py --root DIR` or make a synthetic set with "
@@ -575,7 +580,8 @@ def cli_evaluate(args: argparse.Namespace) -> dict:
     names = info.get("class_names") or resolve_classes(args.classes, args.data_root, args.year, args.image_set)
     data = build_dataset(args.data_root, args.year, args.image_set, names, make_transforms(False, model.image_size))
     metrics, preds, targets = evaluate_model(model.eval(), data, batch_size=args.batch_size, max_images=args.max_images,
-                                             top_p=args.top_p, progress=True)
+                                             top_p=args.top_p, labels_per_object=args.labels_per_object,
+                                             progress=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     export_coco_json(preds, [t["image_id"] for t in targets], out / "predictions_coco.json", class_names=names)
@@ -679,6 +685,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--classes", default="voc")
             p.add_argument("--batch-size", type=int, default=32)
             p.add_argument("--max-images", type=int, default=None)
+            p.add_argument("--labels-per-object", type=int, default=1,
+                           help="detections per decoded object: its k likeliest classes (the paper: 1)")
         else:
             p.add_argument("images", nargs="+", help="image files or directories")
             p.add_argument("--score-threshold", type=float, default=0.3)

@@ -321,6 +321,38 @@ def test_postprocess_never_crashes_and_stays_in_the_image(model, data):
         assert all(torch.isclose(table, s).any() for s in pred["scores"])
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.integers(1, NUM_CLASSES))
+def test_labels_per_object_adds_the_next_likeliest_classes(model, seed, k):
+    """k labels per object: the one-label output is the first of each group of k; each object's k
+    detections share its box, hold k different labels, and their scores fall as the label rank rises."""
+    tok = model.tokenizer
+    g = torch.Generator().manual_seed(seed)
+    n = tok.max_objects
+    coords = torch.randint(tok.coord_offset, tok.vocab_size, (2, 5 * n), generator=g)
+    classes = torch.randint(tok.class_offset, tok.noise_class_id + 1, (2, 5 * n), generator=g)
+    tokens = torch.where(torch.arange(5 * n) % 5 == 4, classes, coords)
+    probs = torch.rand(2, n, NUM_CLASSES, generator=g) / NUM_CLASSES
+    for one, many in zip(postprocess(tokens, probs, tok), postprocess(tokens, probs, tok, labels_per_object=k)):
+        m = len(one["labels"])
+        assert len(many["labels"]) == k * m
+        for key in ("boxes", "scores", "labels"):
+            assert torch.equal(many[key][0::k], one[key])
+        assert torch.equal(many["boxes"], one["boxes"].repeat_interleave(k, dim=0))
+        labels, scores = many["labels"].view(m, k), many["scores"].view(m, k)
+        assert all(len(set(row.tolist())) == k for row in labels)
+        assert (scores[:, :-1] >= scores[:, 1:]).all()
+
+
+def test_labels_per_object_is_checked(model):
+    tok = model.tokenizer
+    tokens = torch.full((1, 5), tok.coord_offset)
+    probs = torch.rand(1, 1, NUM_CLASSES)
+    for bad in (0, NUM_CLASSES + 1):
+        with pytest.raises(ValueError, match=f"labels_per_object must be in \\[1, {NUM_CLASSES}\\].*{bad}"):
+            postprocess(tokens, probs, tok, labels_per_object=bad)
+
+
 def test_predict_boxes_inside_original_images(model, images):
     sizes = torch.tensor([[model.image_size, model.image_size // 2], [40, 90], [333, 120]])
     preds = predict(model, images, sizes, slot_mask=False, top_p=1.0, generator=torch.Generator().manual_seed(0))

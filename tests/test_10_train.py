@@ -103,6 +103,12 @@ def test_cli_train_evaluate_predict(synthetic_root, tmp_path, capsys):
     assert {"map", "map_50", "voc_map_50"} <= set(metrics)
     coco = json.loads((tmp_path / "eval" / "predictions_coco.json").read_text())
     assert isinstance(coco, list)
+    assert main(["evaluate", "--checkpoint", str(out / "best.pt"), "--data-root", str(synthetic_root),
+                 "--image-set", "test", "--max-images", "4", "--labels-per-object", "2",
+                 "--out", str(tmp_path / "eval2")]) == 0                  # same draws, two labels per object
+    coco2 = json.loads((tmp_path / "eval2" / "predictions_coco.json").read_text())
+    assert len(coco2) == 2 * len(coco)
+    assert {json.dumps(d, sort_keys=True) for d in coco} <= {json.dumps(d, sort_keys=True) for d in coco2}
     images = synthetic_root / "VOCdevkit" / "VOC2007" / "JPEGImages"
     first = sorted(images.iterdir())[0]
     assert main(["predict", "--checkpoint", str(out / "best.pt"), str(first), "--out", str(tmp_path / "pics")]) == 0
@@ -120,6 +126,8 @@ def test_bad_arguments_and_corrupt_checkpoint_give_clear_errors(synthetic_root, 
     assert "--max-objects must be >= 1, got 0" in capsys.readouterr().err
     assert main(["train", "--data-root", str(synthetic_root), "--transpose", "1.5"]) == 2
     assert "--transpose is a probability, got 1.5" in capsys.readouterr().err
+    assert main(["train", "--data-root", str(synthetic_root), "--labels-per-object", "0"]) == 2
+    assert "--labels-per-object must be >= 1, got 0" in capsys.readouterr().err
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"definitely not a checkpoint")
     assert main(["evaluate", "--checkpoint", str(bad), "--data-root", str(synthetic_root)]) == 2
