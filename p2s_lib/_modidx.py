@@ -108,6 +108,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                    'p2s_lib.inference.postprocess': ('inference.html#postprocess', 'p2s_lib/inference.py'),
                                    'p2s_lib.inference.predict': ('inference.html#predict', 'p2s_lib/inference.py'),
                                    'p2s_lib.inference.recall_at_iou': ('inference.html#recall_at_iou', 'p2s_lib/inference.py'),
+                                   'p2s_lib.inference.refine_bin': ('inference.html#refine_bin', 'p2s_lib/inference.py'),
                                    'p2s_lib.inference.top_k_top_p_filter': ('inference.html#top_k_top_p_filter', 'p2s_lib/inference.py')},
             'p2s_lib.loss': { 'p2s_lib.loss.teacher_forcing': ('loss.html#teacher_forcing', 'p2s_lib/loss.py'),
                               'p2s_lib.loss.token_weights': ('loss.html#token_weights', 'p2s_lib/loss.py'),

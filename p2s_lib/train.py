@@ -67,6 +67,7 @@ class TrainConfig:
     eval_images: int | None = 500      # cap on validation images per evaluation (None: all)
     top_p: float = 0.4
     labels_per_object: int = 1         # at evaluation: detections per object, its likeliest classes
+    refine_window: int = 0             # at evaluation: sub-bin coordinates from +-w bins (0: the paper)
     delayed_eos: bool = True           # decode the full length at evaluation (chapter 08)
     num_workers: int = 2
     out: str = "runs/p2s"
@@ -266,6 +267,9 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.class_names = state["class_names"] if state else resolve_classes(
             cfg.classes, cfg.data_root, cfg.year, cfg.train_set)
+        if not 1 <= cfg.labels_per_object <= len(self.class_names):  # checked now, not at the first evaluation
+            raise ValueError(f"--labels-per-object must be in [1, {len(self.class_names)}] (the classes), "
+                             f"got {cfg.labels_per_object}")
         overrides = {k: v for k, v in (("image_size", cfg.image_size), ("dropout", cfg.dropout),
                                        ("max_objects", cfg.max_objects)) if v is not None}
         self.model = (Pix2Seq.from_config(state["config"]) if state else
@@ -414,7 +418,8 @@ class Trainer:
         tick = time.perf_counter()
         metrics, _, _ = evaluate_model(self.model, self.val_data, batch_size=32, max_images=self.cfg.eval_images,
                                        top_p=self.cfg.top_p, seed=self.cfg.seed, delayed_eos=self.cfg.delayed_eos,
-                                       labels_per_object=self.cfg.labels_per_object)
+                                       labels_per_object=self.cfg.labels_per_object,
+                                       refine_window=self.cfg.refine_window)
         self.eval_seconds, self.last_eval_step = time.perf_counter() - tick, self.step
         row = {"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 3),
                **{k: metrics[k] for k in ("map", "map_50", "voc_map_50")}}
@@ -524,7 +529,7 @@ def validate_config(cfg: TrainConfig) -> None:
                 for name, p in (("hflip", cfg.hflip), ("vflip", cfg.vflip), ("transpose", cfg.transpose))],
               (cfg.max_minutes is None or cfg.max_minutes > 0, f"--max-minutes must be > 0, got {cfg.max_minutes}"),
               (cfg.image_size is None or cfg.image_size >= 32, f"--image-size must be >= 32, got {cfg.image_size}"),
-              (cfg.labels_per_object >= 1, f"--labels-per-object must be >= 1, got {cfg.labels_per_object}"),
+              (cfg.refine_window >= 0, f"--refine-window must be >= 0 bins, got {cfg.refine_window}"),
               (cfg.max_objects is None or cfg.max_objects >= 1, f"--max-objects must be >= 1, got {cfg.max_objects}"),
               (Path(cfg.data_root).is_dir(), f"--data-root {cfg.data_root!r} is not a directory: get VOC with "
                "`python data_scripts/download_voc.py --root DIR` or make a synthetic set with "
@@ -581,6 +586,7 @@ def cli_evaluate(args: argparse.Namespace) -> dict:
     data = build_dataset(args.data_root, args.year, args.image_set, names, make_transforms(False, model.image_size))
     metrics, preds, targets = evaluate_model(model.eval(), data, batch_size=args.batch_size, max_images=args.max_images,
                                              top_p=args.top_p, labels_per_object=args.labels_per_object,
+                                             refine_window=args.refine_window,
                                              progress=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -687,6 +693,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--max-images", type=int, default=None)
             p.add_argument("--labels-per-object", type=int, default=1,
                            help="detections per decoded object: its k likeliest classes (the paper: 1)")
+            p.add_argument("--refine-window", type=int, default=0,
+                           help="read coordinates below the bin size from the logits within w bins (the paper: 0)")
         else:
             p.add_argument("images", nargs="+", help="image files or directories")
             p.add_argument("--score-threshold", type=float, default=0.3)

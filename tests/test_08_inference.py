@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from p2s_lib.inference import (allowed_tokens, generate, postprocess, predict, recall_at_iou,
+from p2s_lib.inference import (allowed_tokens, generate, postprocess, predict, recall_at_iou, refine_bin,
                                top_k_top_p_filter)
 from p2s_lib.augment import one_thread
 from p2s_lib.model import Pix2Seq
@@ -262,6 +262,47 @@ def test_generate_restores_training_mode_and_validates(model, images):
         generate(model, images, max_objects=model.tokenizer.max_objects + 1)
     with pytest.raises(ValueError, match="temperature"):
         generate(model, images, temperature=0.0)
+
+
+# ---------------------------------------------------------------- sub-bin coordinates
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.integers(2, 80), st.integers(0, 4))
+def test_refine_bin_stays_in_its_window(seed, num_bins, window):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(5, num_bins, generator=g) * 3
+    chosen = torch.randint(0, num_bins, (5,), generator=g)
+    refined = refine_bin(logits, chosen, window, torch.arange(num_bins))
+    assert ((refined >= (chosen - window).clamp(min=0) - 1e-4) & (refined <= (chosen + window).clamp(max=num_bins - 1) + 1e-4)).all()
+    if window == 0:
+        torch.testing.assert_close(refined, chosen.float())
+
+
+def test_refine_bin_by_hand():
+    bins = torch.arange(10)
+    flat = torch.zeros(2, 10)
+    torch.testing.assert_close(refine_bin(flat, torch.tensor([4, 0]), 2, bins), torch.tensor([4.0, 1.0]))  # edge: 0,1,2
+    leaning = torch.full((1, 10), -30.0)
+    leaning[0, 4], leaning[0, 5] = math.log(3), 0.0                     # 3:1 between bins 4 and 5
+    torch.testing.assert_close(refine_bin(leaning, torch.tensor([4]), 1, bins), torch.tensor([4.25]))
+
+
+def test_refine_window_keeps_the_tokens_and_moves_coordinates_by_at_most_the_window(model, images):
+    tok = model.tokenizer
+    plain = generate(model, images, generator=torch.Generator().manual_seed(3))
+    refined = generate(model, images, generator=torch.Generator().manual_seed(3), refine_window=2)
+    assert torch.equal(plain["tokens"], refined["tokens"]) and "coord_bins" not in plain
+    coord = torch.arange(plain["tokens"].size(1)) % 5 < 4
+    coord[-1] = False                                                  # the final EOS slot
+    token_bins = (plain["tokens"] - tok.coord_offset).float()
+    assert ((refined["coord_bins"] - token_bins)[:, coord].abs() <= 2 + 1e-4).all()
+    exact = postprocess(plain["tokens"], plain["class_probs"], tok, coord_bins=token_bins.clamp(min=0))
+    for a, b in zip(exact, postprocess(plain["tokens"], plain["class_probs"], tok)):
+        assert torch.equal(a["boxes"], b["boxes"]) and torch.equal(a["labels"], b["labels"])
+    for a, b in zip(predict(model, images, None, generator=torch.Generator().manual_seed(3), refine_window=2),
+                    postprocess(refined["tokens"], refined["class_probs"], tok, coord_bins=refined["coord_bins"])):
+        assert all(torch.equal(a[k], b[k]) for k in ("boxes", "scores", "labels"))
+    with pytest.raises(ValueError, match="refine_window must be >= 0 bins, got -1"):
+        generate(model, images, refine_window=-1)
 
 
 # ---------------------------------------------------------------- post-processing

@@ -104,11 +104,16 @@ def test_cli_train_evaluate_predict(synthetic_root, tmp_path, capsys):
     coco = json.loads((tmp_path / "eval" / "predictions_coco.json").read_text())
     assert isinstance(coco, list)
     assert main(["evaluate", "--checkpoint", str(out / "best.pt"), "--data-root", str(synthetic_root),
-                 "--image-set", "test", "--max-images", "4", "--labels-per-object", "2",
+                 "--image-set", "test", "--max-images", "4", "--labels-per-object", "2", "--refine-window", "0",
                  "--out", str(tmp_path / "eval2")]) == 0                  # same draws, two labels per object
     coco2 = json.loads((tmp_path / "eval2" / "predictions_coco.json").read_text())
     assert len(coco2) == 2 * len(coco)
     assert {json.dumps(d, sort_keys=True) for d in coco} <= {json.dumps(d, sort_keys=True) for d in coco2}
+    assert main(["evaluate", "--checkpoint", str(out / "best.pt"), "--data-root", str(synthetic_root),
+                 "--image-set", "test", "--max-images", "4", "--refine-window", "2",
+                 "--out", str(tmp_path / "eval3")]) == 0                  # same draws, sub-bin coordinates
+    coco3 = json.loads((tmp_path / "eval3" / "predictions_coco.json").read_text())
+    assert len(coco3) >= len(coco) and all(0 <= d["score"] <= 1 for d in coco3)
     images = synthetic_root / "VOCdevkit" / "VOC2007" / "JPEGImages"
     first = sorted(images.iterdir())[0]
     assert main(["predict", "--checkpoint", str(out / "best.pt"), str(first), "--out", str(tmp_path / "pics")]) == 0
@@ -126,8 +131,12 @@ def test_bad_arguments_and_corrupt_checkpoint_give_clear_errors(synthetic_root, 
     assert "--max-objects must be >= 1, got 0" in capsys.readouterr().err
     assert main(["train", "--data-root", str(synthetic_root), "--transpose", "1.5"]) == 2
     assert "--transpose is a probability, got 1.5" in capsys.readouterr().err
-    assert main(["train", "--data-root", str(synthetic_root), "--labels-per-object", "0"]) == 2
-    assert "--labels-per-object must be >= 1, got 0" in capsys.readouterr().err
+    for k in ("0", "5"):                                                # the synthetic set has 4 classes
+        assert main(["train", "--data-root", str(synthetic_root), "--classes", "synthetic",
+                     "--labels-per-object", k]) == 2
+        assert f"--labels-per-object must be in [1, 4] (the classes), got {k}" in capsys.readouterr().err
+    assert main(["train", "--data-root", str(synthetic_root), "--refine-window", "-1"]) == 2
+    assert "--refine-window must be >= 0 bins, got -1" in capsys.readouterr().err
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"definitely not a checkpoint")
     assert main(["evaluate", "--checkpoint", str(bad), "--data-root", str(synthetic_root)]) == 2
