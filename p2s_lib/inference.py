@@ -108,8 +108,8 @@ def generate(model: nn.Module, images: Tensor, max_objects: int | None = None, g
     classes = slice(tok.class_offset, tok.class_offset + tok.num_classes)
     tokens = torch.full((B, steps), tok.pad_id, dtype=torch.long, device=device)
     class_probs = torch.zeros(B, n_obj, tok.num_classes, device=device)
-    coord_bins = torch.zeros(B, steps, device=device)
-    bins = torch.arange(tok.num_bins, device=device)
+    if refine_window:
+        coord_bins, bins = torch.zeros(B, steps, device=device), torch.arange(tok.num_bins, device=device)
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     was_training = model.training
     model.eval()

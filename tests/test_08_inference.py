@@ -272,7 +272,8 @@ def test_refine_bin_stays_in_its_window(seed, num_bins, window):
     logits = torch.randn(5, num_bins, generator=g) * 3
     chosen = torch.randint(0, num_bins, (5,), generator=g)
     refined = refine_bin(logits, chosen, window, torch.arange(num_bins))
-    assert ((refined >= (chosen - window).clamp(min=0) - 1e-4) & (refined <= (chosen + window).clamp(max=num_bins - 1) + 1e-4)).all()
+    low, high = (chosen - window).clamp(min=0), (chosen + window).clamp(max=num_bins - 1)
+    assert ((refined >= low - 1e-4) & (refined <= high + 1e-4)).all()
     if window == 0:
         torch.testing.assert_close(refined, chosen.float())
 

@@ -114,6 +114,7 @@ def test_cli_train_evaluate_predict(synthetic_root, tmp_path, capsys):
                  "--out", str(tmp_path / "eval3")]) == 0                  # same draws, sub-bin coordinates
     coco3 = json.loads((tmp_path / "eval3" / "predictions_coco.json").read_text())
     assert len(coco3) >= len(coco) and all(0 <= d["score"] <= 1 for d in coco3)
+    assert [d["bbox"] for d in coco3] != [d["bbox"] for d in coco]       # the edges moved below the bin size
     images = synthetic_root / "VOCdevkit" / "VOC2007" / "JPEGImages"
     first = sorted(images.iterdir())[0]
     assert main(["predict", "--checkpoint", str(out / "best.pt"), str(first), "--out", str(tmp_path / "pics")]) == 0
