@@ -2,7 +2,7 @@
 
     python bench/bench_train.py --minutes 5 15          # the 5- and 15-minute budgets
     python bench/bench_train.py --minutes 15 --ship notebooks/assets/nano_synthetic.pt
-    torchrun --nproc_per_node=2 bench/bench_train.py --minutes 15 --batch-size 8 --lr 1.1e-3
+    torchrun --nproc_per_node=2 bench/bench_train.py --minutes 15 --batch-size 8
                                                         # data-parallel: one process per core
 
 Prints figures; it is not a test. The mAP runs train the `nano` preset on the default synthetic
@@ -86,8 +86,8 @@ def main() -> None:
     parser.add_argument("--ship", default=None, help="also save the longest run's best model (fp16) here")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (1 lets two runs share 2 cores)")
     parser.add_argument("--lr", type=float, default=None,
-                        help="default: synthetic_budget_config's (8e-4, for a global batch of 8); scale it by "
-                             "the square root of the global batch (1.1e-3 for 2 processes x batch 8)")
+                        help="default: synthetic_budget_config's, 8e-4 x sqrt(global batch / 8) "
+                             "(1.13e-3 for 2 processes x batch 8)")
     parser.add_argument("--dropout", type=float, default=None)
     parser.add_argument("--order", default="random")
     parser.add_argument("--batch-size", type=int, default=8, help="per process (under torchrun: per rank)")

@@ -1,5 +1,6 @@
 """Chapter 10: the training loop, checkpoints, resume, DDP and the command line, on a tiny synthetic set."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -178,3 +179,24 @@ def test_synthetic_budget_config_holds_val_out_and_skips_scale_jitter(tmp_path):
     assert (cfg.hflip, cfg.vflip, cfg.transpose) == (0.5, 0.5, 0.5)   # all 8 symmetries: the shapes have no "up"
     assert TrainConfig().vflip == 0.0 and TrainConfig().transpose == 0.0   # off for photos
     validate_config(cfg)
+
+
+def test_synthetic_budget_lr_follows_the_global_batch(tmp_path, monkeypatch):
+    """8e-4 at a global batch of 8, times sqrt(global batch / 8); torchrun's WORLD_SIZE counts; --lr wins."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert math.isclose(synthetic_budget_config(tmp_path, 5, tmp_path).lr, 8e-4 * math.sqrt(2))
+    assert math.isclose(synthetic_budget_config(tmp_path, 5, tmp_path, batch_size=16).lr, 1.6e-3)
+    assert synthetic_budget_config(tmp_path, 5, tmp_path, lr=5e-4).lr == 5e-4
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert math.isclose(synthetic_budget_config(tmp_path, 5, tmp_path, batch_size=2).lr, 4e-4)
+
+
+def test_demo_under_torchrun_reports_once(synthetic_root, tmp_path):
+    out = tmp_path / "demo_ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "p2s_lib",
+           "demo", "--minutes", "0.1", "--data-root", str(synthetic_root), "--out", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count('"test_map_50"') == 1                   # rank 0 alone reports
+    summary = json.loads(done.stdout[done.stdout.rindex("{\n"):])
+    assert 0.0 <= summary["test_map_50"] <= 1.0 and (out / "predictions.png").stat().st_size > 0
