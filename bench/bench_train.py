@@ -75,7 +75,7 @@ def budget_run(root: Path, out: Path, minutes: float, **overrides) -> dict:
             "test_map_50_refined_every_label": round(every_label["map_50"], 4),
             "test_map_refined_every_label": round(every_label["map"], 4),
             "curve_train_minutes_map50_map": curve, "lr": cfg.lr, "dropout": cfg.dropout, "order": cfg.order,
-            "batch_size": cfg.batch_size, "hflip": cfg.hflip, "vflip": cfg.vflip, "transpose": cfg.transpose}
+            "batch_size": cfg.batch_size, "seed": cfg.seed, "hflip": cfg.hflip, "vflip": cfg.vflip, "transpose": cfg.transpose}
 
 
 def main() -> None:
@@ -91,6 +91,7 @@ def main() -> None:
     parser.add_argument("--dropout", type=float, default=None)
     parser.add_argument("--order", default="random")
     parser.add_argument("--batch-size", type=int, default=8, help="per process (under torchrun: per rank)")
+    parser.add_argument("--seed", type=int, default=0, help="the training run's seed (one run per seed)")
     args = parser.parse_args()
     rank, world_size = setup_distributed()
     if args.threads:
@@ -105,7 +106,7 @@ def main() -> None:
     for minutes in args.minutes:
         run_dir = out / f"nano_{minutes:g}min"
         result = budget_run(root, run_dir, minutes, lr=args.lr, dropout=args.dropout, order=args.order,
-                            batch_size=args.batch_size)
+                            batch_size=args.batch_size, seed=args.seed)
         say(json.dumps(result), flush=True)
         last = run_dir
     if rank != 0:
