@@ -140,7 +140,8 @@ def generate(model: nn.Module, images: Tensor, max_objects: int | None = None, g
                     finished = finished | (nxt == tok.eos_id)
                 if refine_window and t % 5 < 4 and t < 5 * n_obj:  # a coordinate step
                     chosen = (nxt - tok.coord_offset).clamp(0, tok.num_bins - 1)
-                    coord_bins[:, t] = refine_bin(logits[:, tok.coord_offset:], chosen, refine_window, bins)
+                    coord_bins[:, t] = refine_bin(logits[:, tok.coord_offset:tok.coord_offset + tok.num_bins], chosen,
+                                                  refine_window, bins)
                 tokens[:, t] = nxt
                 seq = torch.cat([seq, nxt[:, None]], dim=1)
                 if not delayed_eos and bool(finished.all()):

@@ -270,6 +270,8 @@ class Trainer:
         if not 1 <= cfg.labels_per_object <= len(self.class_names):  # checked now, not at the first evaluation
             raise ValueError(f"--labels-per-object must be in [1, {len(self.class_names)}] (the classes), "
                              f"got {cfg.labels_per_object}")
+        if cfg.refine_window < 0:
+            raise ValueError(f"--refine-window must be >= 0 bins, got {cfg.refine_window}")
         overrides = {k: v for k, v in (("image_size", cfg.image_size), ("dropout", cfg.dropout),
                                        ("max_objects", cfg.max_objects)) if v is not None}
         self.model = (Pix2Seq.from_config(state["config"]) if state else
@@ -529,7 +531,6 @@ def validate_config(cfg: TrainConfig) -> None:
                 for name, p in (("hflip", cfg.hflip), ("vflip", cfg.vflip), ("transpose", cfg.transpose))],
               (cfg.max_minutes is None or cfg.max_minutes > 0, f"--max-minutes must be > 0, got {cfg.max_minutes}"),
               (cfg.image_size is None or cfg.image_size >= 32, f"--image-size must be >= 32, got {cfg.image_size}"),
-              (cfg.refine_window >= 0, f"--refine-window must be >= 0 bins, got {cfg.refine_window}"),
               (cfg.max_objects is None or cfg.max_objects >= 1, f"--max-objects must be >= 1, got {cfg.max_objects}"),
               (Path(cfg.data_root).is_dir(), f"--data-root {cfg.data_root!r} is not a directory: get VOC with "
                "`python data_scripts/download_voc.py --root DIR` or make a synthetic set with "
