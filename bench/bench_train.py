@@ -58,7 +58,7 @@ def budget_run(root: Path, out: Path, minutes: float, **overrides) -> dict:
     coordinates (`refine_window`); and with those plus every class of each object as its own
     detection (`labels_per_object`). Chapter 08 explains both."""
     cfg = synthetic_budget_config(root, minutes, out, **{k: v for k, v in overrides.items() if v is not None})
-    Trainer(cfg).fit()
+    steps = Trainer(cfg).fit()["step"]
     if dist.is_initialized():
         dist.barrier()  # rank 0 has written best.pt; every rank scores its shard of the test split
     model, info = load_model(out / "best.pt")
@@ -74,7 +74,8 @@ def budget_run(root: Path, out: Path, minutes: float, **overrides) -> dict:
             "test_map_50_refined": round(refined["map_50"], 4), "test_map_refined": round(refined["map"], 4),
             "test_map_50_refined_every_label": round(every_label["map_50"], 4),
             "test_map_refined_every_label": round(every_label["map"], 4),
-            "curve_train_minutes_map50_map": curve, "lr": cfg.lr, "dropout": cfg.dropout, "order": cfg.order,
+            "curve_train_minutes_map50_map": curve, "steps": steps, "lr": cfg.lr, "decay_frac": cfg.decay_frac,
+            "final_lr_frac": cfg.final_lr_frac, "dropout": cfg.dropout, "order": cfg.order,
             "batch_size": cfg.batch_size, "seed": cfg.seed, "hflip": cfg.hflip, "vflip": cfg.vflip, "transpose": cfg.transpose}
 
 
@@ -116,7 +117,8 @@ def main() -> None:
     if args.ship:
         model, info = load_model(last / "best.pt")
         threads = torch.get_num_threads()
-        note = (f"nano preset, trained {max(args.minutes):g} CPU minutes by bench/bench_train.py (lr {result['lr']:g}, "
+        note = (f"nano preset, trained {max(args.minutes):g} CPU minutes by bench/bench_train.py (lr {result['lr']:.3g} "
+                f"held until the last {result['decay_frac']:.0%} of the budget, then decayed to {result['final_lr_frac']:.0%}, "
                 f"dropout {model.config['decoder']['dropout']:g}, order {result['order']}, flips h/v "
                 f"{result['hflip']:g}/{result['vflip']:g} and transpose {result['transpose']:g}, "
                 f"{model.tokenizer.max_objects} objects per sequence, {world_size} process"

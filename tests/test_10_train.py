@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings, strategies as st
 
 import p2s_lib.train as train_mod
+from p2s_lib.data import SYNTHETIC_CLASSES, VOCDataset, make_transforms
 from p2s_lib.model import load_model
-from p2s_lib.train import (EpochSampler, TrainConfig, Trainer, TrainingDiverged, WarmupLinearDecay, main,
-                           resolve_classes, synthetic_budget_config, validate_config)
+from p2s_lib.train import (EpochSampler, SeededTransforms, TrainConfig, Trainer, TrainingDiverged, WarmupLinearDecay,
+                           main, resolve_classes, synthetic_budget_config, validate_config)
 
 
 def tiny_config(root: Path, out: Path, **overrides) -> TrainConfig:
@@ -31,6 +33,62 @@ def test_schedule_warms_up_then_decays_to_final_fraction():
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
     assert opt.param_groups[0]["lr"] == pytest.approx(0.05)
+
+
+def lr_curve(total: int, **kwargs) -> list[float]:
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = WarmupLinearDecay(opt, total_steps=total, **kwargs)
+    lrs = []
+    for _ in range(total):
+        lrs.append(opt.param_groups[0]["lr"])
+        sched.step()
+    return lrs
+
+
+@settings(max_examples=40, deadline=None)
+@given(total=st.integers(20, 400), warmup=st.floats(0.0, 0.2), decay=st.floats(0.05, 1.0), final=st.floats(0.0, 0.5))
+def test_schedule_holds_the_peak_then_decays_over_the_last_decay_frac(total, warmup, decay, final):
+    lrs = lr_curve(total, warmup_frac=warmup, final_frac=final, decay_frac=decay)
+    n_warm = max(1, round(warmup * total))
+    start = max(n_warm, round((1 - decay) * total))
+    assert all(lr == 1.0 for lr in lrs[n_warm:start])                  # the stable phase holds the peak
+    assert all(a >= b - 1e-12 for a, b in zip(lrs[n_warm:], lrs[n_warm + 1:]))  # never rises after warmup
+    assert all(final - 1e-9 <= lr <= 1.0 for lr in lrs[n_warm:])
+
+
+def test_schedule_decay_frac_one_is_the_plain_linear_decay_and_bad_values_are_rejected():
+    plain = lr_curve(100, warmup_frac=0.1, final_frac=0.05)
+    assert lr_curve(100, warmup_frac=0.1, final_frac=0.05, decay_frac=1.0) == plain
+    wsd = lr_curve(100, warmup_frac=0.1, final_frac=0.05, decay_frac=0.3)
+    assert wsd[:10] == plain[:10] and wsd[10:70] == [1.0] * 60 and wsd[69] > wsd[80] > wsd[99]
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="decay_frac must be in"):
+            WarmupLinearDecay(opt, total_steps=10, decay_frac=bad)
+
+
+class CountingDataset(torch.utils.data.Dataset):
+    def __init__(self, dataset):
+        self.dataset, self.reads = dataset, 0
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        self.reads += 1
+        return self.dataset[i]
+
+
+def test_cached_seeded_transforms_read_each_image_once_and_give_the_same_samples(synthetic_root):
+    tf = make_transforms(True, 64, scale_range=(0.5, 1.5), vflip=0.5, transpose=0.5)
+    raw = CountingDataset(VOCDataset(synthetic_root, "2007", "train", classes=list(SYNTHETIC_CLASSES)))
+    cached, plain = SeededTransforms(raw, tf, seed=3, cache=True), SeededTransforms(raw.dataset, tf, seed=3)
+    for epoch in range(3):  # later epochs transform the cached decode again: it must be left as read
+        cached.epoch = plain.epoch = epoch
+        for i in range(len(raw)):
+            (a, ta), (b, tb) = cached[i], plain[i]
+            assert torch.equal(a, b) and torch.equal(ta["boxes"], tb["boxes"]) and torch.equal(ta["labels"], tb["labels"])
+    assert raw.reads == len(raw)
 
 
 def test_epoch_sampler_shards_cover_the_epoch_and_resume_mid_epoch():
@@ -52,12 +110,13 @@ def test_resolve_classes():
         resolve_classes("cat,cat", ".", "2007", "trainval")
 
 
-def test_resume_equals_uninterrupted_run(synthetic_root, tmp_path):
-    Trainer(tiny_config(synthetic_root, tmp_path / "full")).fit()
-    Trainer(tiny_config(synthetic_root, tmp_path / "cut", stop_after_steps=3)).fit()
+@pytest.mark.parametrize("extra", [{}, {"decay_frac": 0.5, "cache_images": True}], ids=["plain", "wsd_cached"])
+def test_resume_equals_uninterrupted_run(synthetic_root, tmp_path, extra):
+    Trainer(tiny_config(synthetic_root, tmp_path / "full", **extra)).fit()
+    Trainer(tiny_config(synthetic_root, tmp_path / "cut", stop_after_steps=3, **extra)).fit()
     cut, _ = load_model(tmp_path / "cut" / "last.pt")
     assert _["step"] == 3
-    Trainer(tiny_config(synthetic_root, tmp_path / "cut"), resume=tmp_path / "cut" / "last.pt").fit()
+    Trainer(tiny_config(synthetic_root, tmp_path / "cut", **extra), resume=tmp_path / "cut" / "last.pt").fit()
     full, full_state = load_model(tmp_path / "full" / "last.pt")
     resumed, resumed_state = load_model(tmp_path / "cut" / "last.pt")
     assert full_state["step"] == resumed_state["step"] > 3
@@ -139,6 +198,8 @@ def test_bad_arguments_and_corrupt_checkpoint_give_clear_errors(synthetic_root, 
         assert f"--labels-per-object must be in [1, 4] (the classes), got {k}" in capsys.readouterr().err
     assert main(["train", "--data-root", str(synthetic_root), "--refine-window", "-1"]) == 2
     assert "--refine-window must be >= 0 bins, got -1" in capsys.readouterr().err
+    assert main(["train", "--data-root", str(synthetic_root), "--decay-frac", "0"]) == 2
+    assert "--decay-frac must be in (0, 1], got 0.0" in capsys.readouterr().err
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"definitely not a checkpoint")
     assert main(["evaluate", "--checkpoint", str(bad), "--data-root", str(synthetic_root)]) == 2
@@ -178,6 +239,8 @@ def test_synthetic_budget_config_holds_val_out_and_skips_scale_jitter(tmp_path):
     assert cfg.lr == 8e-4 and cfg.max_objects == 8          # the CPU recipe's departures from TrainConfig's defaults
     assert (cfg.hflip, cfg.vflip, cfg.transpose) == (0.5, 0.5, 0.5)   # all 8 symmetries: the shapes have no "up"
     assert TrainConfig().vflip == 0.0 and TrainConfig().transpose == 0.0   # off for photos
+    assert (cfg.decay_frac, cfg.final_lr_frac, cfg.cache_images) == (0.35, 0.02, True)  # WSD, images in RAM
+    assert (TrainConfig().decay_frac, TrainConfig().cache_images) == (1.0, False)
     validate_config(cfg)
 
 
