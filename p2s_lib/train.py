@@ -64,6 +64,7 @@ class TrainConfig:
     hflip: float = 0.5
     vflip: float = 0.0                 # vertical flip and x/y transpose: only for data with no "up"
     transpose: float = 0.0
+    color_jitter: float = 0.0          # brightness/contrast/saturation strength (hue a quarter of it)
     eval_every: int = 1                # epochs
     eval_images: int | None = 500      # cap on validation images per evaluation (None: all)
     top_p: float = 0.4
@@ -295,7 +296,7 @@ class Trainer:
                           self.device, memory_format=torch.channels_last)  # faster convolutions, CPU and GPU
         self.tokenizer, size = self.model.tokenizer, self.model.image_size
         train_tf = make_transforms(True, size, scale_range=(cfg.scale_min, cfg.scale_max), hflip=cfg.hflip,
-                                   vflip=cfg.vflip, transpose=cfg.transpose)
+                                   vflip=cfg.vflip, transpose=cfg.transpose, color_jitter=cfg.color_jitter)
         self.train_data = SeededTransforms(
             build_dataset(cfg.data_root, cfg.year, cfg.train_set, self.class_names, None), train_tf, cfg.seed,
             cache=cfg.cache_images)
@@ -547,6 +548,7 @@ def validate_config(cfg: TrainConfig) -> None:
               (0 < cfg.decay_frac <= 1, f"--decay-frac must be in (0, 1], got {cfg.decay_frac}"),
               *[(0 <= p <= 1, f"--{name} is a probability, got {p}")
                 for name, p in (("hflip", cfg.hflip), ("vflip", cfg.vflip), ("transpose", cfg.transpose))],
+              (cfg.color_jitter >= 0, f"--color-jitter must be >= 0, got {cfg.color_jitter}"),
               (cfg.max_minutes is None or cfg.max_minutes > 0, f"--max-minutes must be > 0, got {cfg.max_minutes}"),
               (cfg.image_size is None or cfg.image_size >= 32, f"--image-size must be >= 32, got {cfg.image_size}"),
               (cfg.max_objects is None or cfg.max_objects >= 1, f"--max-objects must be >= 1, got {cfg.max_objects}"),

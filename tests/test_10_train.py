@@ -133,14 +133,17 @@ def test_checkpoints_log_and_plot_are_written(synthetic_root, tmp_path):
     assert not list(tmp_path.glob("*.tmp*"))  # atomic writes leave no temporaries
 
 
-def test_vflip_and_transpose_reach_the_train_pipeline(synthetic_root, tmp_path):
+def test_vflip_transpose_and_color_jitter_reach_the_train_pipeline(synthetic_root, tmp_path):
     from torchvision.transforms import v2
     from p2s_lib.data import RandomTranspose
-    steps = Trainer(tiny_config(synthetic_root, tmp_path, vflip=0.25, transpose=0.75)).train_data.transforms.pipeline.transforms
+    cfg = tiny_config(synthetic_root, tmp_path, vflip=0.25, transpose=0.75, color_jitter=0.2)
+    steps = Trainer(cfg).train_data.transforms.pipeline.transforms
     flips = {type(t): t.p for t in steps if isinstance(t, (v2.RandomVerticalFlip, RandomTranspose))}
     assert flips == {v2.RandomVerticalFlip: 0.25, RandomTranspose: 0.75}
+    jitter = [t for t in steps if isinstance(t, v2.ColorJitter)]
+    assert len(jitter) == 1 and jitter[0].brightness == (0.8, 1.2)
     plain = Trainer(tiny_config(synthetic_root, tmp_path)).train_data.transforms.pipeline.transforms
-    assert not any(isinstance(t, (v2.RandomVerticalFlip, RandomTranspose)) for t in plain)   # off by default
+    assert not any(isinstance(t, (v2.RandomVerticalFlip, RandomTranspose, v2.ColorJitter)) for t in plain)  # off by default
 
 
 def test_nan_loss_stops_with_clear_message_after_saving(synthetic_root, tmp_path, monkeypatch):
@@ -200,6 +203,8 @@ def test_bad_arguments_and_corrupt_checkpoint_give_clear_errors(synthetic_root, 
     assert "--refine-window must be >= 0 bins, got -1" in capsys.readouterr().err
     assert main(["train", "--data-root", str(synthetic_root), "--decay-frac", "0"]) == 2
     assert "--decay-frac must be in (0, 1], got 0.0" in capsys.readouterr().err
+    assert main(["train", "--data-root", str(synthetic_root), "--color-jitter", "-0.1"]) == 2
+    assert "--color-jitter must be >= 0, got -0.1" in capsys.readouterr().err
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"definitely not a checkpoint")
     assert main(["evaluate", "--checkpoint", str(bad), "--data-root", str(synthetic_root)]) == 2
