@@ -138,7 +138,7 @@ def generate(model: nn.Module, images: Tensor, max_objects: int | None = None, g
                 if not delayed_eos:
                     nxt = nxt.masked_fill(finished, tok.pad_id)
                     finished = finished | (nxt == tok.eos_id)
-                if refine_window and t % 5 < 4 and t < 5 * n_obj:  # a coordinate step
+                if refine_window and key.startswith("coord"):  # a coordinate step
                     chosen = (nxt - tok.coord_offset).clamp(0, tok.num_bins - 1)
                     coord_bins[:, t] = refine_bin(logits[:, tok.coord_offset:tok.coord_offset + tok.num_bins], chosen,
                                                   refine_window, bins)

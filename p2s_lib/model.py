@@ -21,7 +21,8 @@ PRESETS: dict[str, dict] = {
     # official settings (chapter 05b). Three speed up its first minutes of learning (a short run does
     # not overfit): no dropout, no LayerNorm on the memory, PyTorch's default init of the linear layers.
     # The box prior of the class step (chapter 05, section 8) speeds up learning the classes; its
-    # partial form for the coordinate steps (section 8b), learning where the box edges are.
+    # partial form for the coordinate steps (section 8b), learning where the box edges are. A decoder MLP
+    # 2x the width instead of 4x makes each step about a tenth cheaper, at no cost per step.
     "nano": dict(backbone="tiny", pretrained=False, d_model=192, encoder_layers=0, decoder_layers=3,
                  num_heads=4, dim_feedforward=384, dropout=0.0, image_size=128, num_bins=64,
                  max_objects=10, sincos_init=True, memory_norm=False, linear_init="torch", box_prior=True,

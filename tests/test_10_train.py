@@ -146,6 +146,13 @@ def test_vflip_transpose_and_color_jitter_reach_the_train_pipeline(synthetic_roo
     assert not any(isinstance(t, (v2.RandomVerticalFlip, RandomTranspose, v2.ColorJitter)) for t in plain)  # off by default
 
 
+def test_the_python_api_gets_the_command_lines_checks(synthetic_root, tmp_path):
+    with pytest.raises(ValueError, match="--transpose is a probability, got 1.5"):
+        Trainer(tiny_config(synthetic_root, tmp_path, transpose=1.5))
+    with pytest.raises(ValueError, match="--refine-window must be >= 0 bins, got -1"):
+        Trainer(tiny_config(synthetic_root, tmp_path, refine_window=-1))
+
+
 def test_nan_loss_stops_with_clear_message_after_saving(synthetic_root, tmp_path, monkeypatch):
     monkeypatch.setattr(train_mod, "weighted_cross_entropy", lambda *a: torch.tensor(float("nan"), requires_grad=True))
     with pytest.raises(TrainingDiverged, match="loss is nan at step 0"):
