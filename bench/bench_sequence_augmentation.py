@@ -3,7 +3,7 @@
     python bench/bench_sequence_augmentation.py --minutes 10
 
 Trains `nano` twice on the train split of the default synthetic set for the same wall-clock
-budget: once with the paper's recipe (noise objects, corrupted class inputs, delayed-EOS decoding)
+budget (the cpu recipe): once with the paper's sequences (noise objects, corrupted class inputs, delayed-EOS decoding)
 and once without (plain sequences, decoding stops at EOS). Both are scored on the test split with
 real autoregressive decoding. Prints figures; it is not a test.
 """
@@ -17,7 +17,8 @@ from p2s_lib.data import make_synthetic_voc
 from p2s_lib.inference import predict
 from p2s_lib.metrics import evaluate
 from p2s_lib.model import load_model
-from p2s_lib.train import Trainer, build_dataset, collate_fn, make_transforms, synthetic_budget_config
+from p2s_lib.recipes import make_config
+from p2s_lib.train import Trainer, build_dataset, collate_fn, make_transforms
 
 
 @torch.inference_mode()
@@ -51,8 +52,9 @@ def main() -> None:
         make_synthetic_voc(root, seed=0)
     for name in args.runs:
         augment = name == "with_sequence_augmentation"
-        cfg = synthetic_budget_config(root, args.minutes, out / name, sequence_augmentation=augment,
-                                      delayed_eos=augment)
+        cfg = make_config("cpu", given_by="bench", data_root=str(root), classes="synthetic", vflip=0.5,
+                          transpose=0.5, max_minutes=args.minutes, out=str(out / name),
+                          sequence_augmentation=augment, delayed_eos=augment)
         if not (args.reuse and (out / name / "best.pt").exists()):
             Trainer(cfg).fit()
         result = {"run": name, "minutes": args.minutes,

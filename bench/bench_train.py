@@ -21,8 +21,8 @@ import torch.distributed as dist
 from p2s_lib.data import make_synthetic_voc
 from p2s_lib.inference import generate
 from p2s_lib.model import load_model, save_model
-from p2s_lib.train import (Trainer, build_dataset, collate_fn, evaluate_model, make_transforms,
-                           setup_distributed, synthetic_budget_config)
+from p2s_lib.recipes import make_config
+from p2s_lib.train import Trainer, build_dataset, collate_fn, evaluate_model, make_transforms, setup_distributed
 
 
 REFINE_WINDOW = 2  # bins: on the shipped checkpoint's val split, 1, 2 and 3 gave AP 0.548, 0.552, 0.552 (0: 0.524)
@@ -30,7 +30,7 @@ REFINE_WINDOW = 2  # bins: on the shipped checkpoint's val split, 1, 2 and 3 gav
 
 def throughput(root: Path, out: Path, steps: int = 30, warmup: int = 5, batch_size: int = 8) -> float:
     """Training images/s of `nano` (128 px, real data loading and sequence augmentation), all ranks together."""
-    trainer = Trainer(synthetic_budget_config(root, None, out, batch_size=batch_size))
+    trainer = Trainer(synthetic_config(root, out, epochs=1, max_minutes=None, batch_size=batch_size))
     trainer.sampler.set_epoch(0)
     loader = iter(torch.utils.data.DataLoader(trainer.train_data, batch_size=batch_size, sampler=trainer.sampler,
                                               collate_fn=collate_fn, num_workers=0, drop_last=True))
@@ -39,6 +39,12 @@ def throughput(root: Path, out: Path, steps: int = 30, warmup: int = 5, batch_si
             tick = time.perf_counter()
         trainer.train_step(*next(loader))
     return steps * batch_size * trainer.world_size / (time.perf_counter() - tick)
+
+
+def synthetic_config(root: Path, out: Path, **overrides):
+    """The cpu recipe on the synthetic set, with its facts: four shape classes, no "up"."""
+    return make_config("cpu", given_by="bench", data_root=str(root), classes="synthetic", vflip=0.5, transpose=0.5,
+                       out=str(out), **overrides)
 
 
 def generation_speed(checkpoint: Path, root: Path, batch: int = 32) -> float:
@@ -53,11 +59,11 @@ def generation_speed(checkpoint: Path, root: Path, batch: int = 32) -> float:
 
 
 def budget_run(root: Path, out: Path, minutes: float, **overrides) -> dict:
-    """Train `nano` for `minutes` (overrides that are None keep synthetic_budget_config's value),
+    """Train `nano` for `minutes` (overrides that are None keep the cpu recipe's value),
     then score the best checkpoint on the test split three ways: as the paper decodes; with sub-bin
     coordinates (`refine_window`); and with those plus every class of each object as its own
     detection (`labels_per_object`). Chapter 08 explains both."""
-    cfg = synthetic_budget_config(root, minutes, out, **{k: v for k, v in overrides.items() if v is not None})
+    cfg = synthetic_config(root, out, max_minutes=minutes, **{k: v for k, v in overrides.items() if v is not None})
     steps = Trainer(cfg).fit()["step"]
     if dist.is_initialized():
         dist.barrier()  # rank 0 has written best.pt; every rank scores its shard of the test split
@@ -87,10 +93,10 @@ def main() -> None:
     parser.add_argument("--ship", default=None, help="also save the longest run's best model (fp16) here")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (1 lets two runs share 2 cores)")
     parser.add_argument("--lr", type=float, default=None,
-                        help="default: synthetic_budget_config's, 8e-4 x sqrt(global batch / 8) "
+                        help="default: the cpu recipe's, 8e-4 x sqrt(global batch / 8) "
                              "(1.13e-3 for 2 processes x batch 8)")
     parser.add_argument("--dropout", type=float, default=None)
-    parser.add_argument("--order", default="random")
+    parser.add_argument("--order", default=None)
     parser.add_argument("--batch-size", type=int, default=8, help="per process (under torchrun: per rank)")
     parser.add_argument("--seed", type=int, default=0, help="the training run's seed (one run per seed)")
     args = parser.parse_args()

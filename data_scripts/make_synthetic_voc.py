@@ -35,13 +35,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--test-fraction", type=float, default=0.1)
     p.add_argument("--max-objects", type=int, default=6, help="objects per image: 0..max")
+    p.add_argument("--object-size", type=float, nargs=2, default=(0.09, 0.38), metavar=("LO", "HI"),
+                   help="shape sizes as fractions of the image size")
+    p.add_argument("--shapes", default="circle,square,triangle,star", help="comma list, from the four shapes")
+    p.add_argument("--names", default=None, help="comma list: the class name of each shape (default: the shapes')")
     p.add_argument("--overwrite", action="store_true", help="replace an existing VOC{year} folder")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
     try:
         root = make_synthetic_voc(args.root, year=args.year, num_images=args.num_images, image_size=args.image_size,
                                   seed=args.seed, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
-                                  max_objects=args.max_objects, overwrite=args.overwrite)
+                                  max_objects=args.max_objects, overwrite=args.overwrite,
+                                  object_size=tuple(args.object_size), shapes=args.shapes.split(","),
+                                  names=args.names.split(",") if args.names else None)
     except (FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -182,11 +182,14 @@ def make_synthetic_voc(
     tiny_prob: float = 0.04,
     jpeg_quality: int = 90,
     overwrite: bool = False,
+    shapes: Sequence[str] = SYNTHETIC_CLASSES,
+    names: Sequence[str] | None = None,
 ) -> Path:
     """Write a seeded synthetic shapes dataset as `root/VOCdevkit/VOC{year}` in Pascal VOC layout; return `root`.
 
     `num_images` counts all splits (default 1600 train / 200 val / 200 test). Same arguments -> byte-identical
-    files. Shape sizes are fractions of `image_size`. See chapter 00 (notebooks/00_data.ipynb)."""
+    files. Shape sizes are fractions of `image_size`. `shapes` picks among circle, square, triangle and star;
+    `names` (one per shape) are the class names the annotations use (default: the shapes'). See chapter 00."""
     if num_images < 1:
         raise ValueError(f"num_images must be >= 1, got {num_images!r}")
     if image_size < 32:
@@ -195,6 +198,11 @@ def make_synthetic_voc(
         raise ValueError(f"need 0 <= val_fraction, test_fraction and a sum < 1, got {val_fraction!r}, {test_fraction!r}")
     if not (0 < object_size[0] <= object_size[1] <= 1):
         raise ValueError(f"object_size must be 0 < lo <= hi <= 1 (fractions of image_size), got {object_size!r}")
+    if not shapes or set(shapes) - set(SYNTHETIC_CLASSES) or len(set(shapes)) != len(shapes):
+        raise ValueError(f"shapes must be distinct, from {SYNTHETIC_CLASSES}, got {shapes!r}")
+    names = list(shapes if names is None else names)
+    if len(names) != len(shapes) or len(set(names)) != len(names):
+        raise ValueError(f"names must give one distinct name per shape {tuple(shapes)}, got {names!r}")
     devkit = Path(root) / "VOCdevkit"
     final = devkit / f"VOC{year}"
     if final.exists() and not overwrite:
@@ -209,7 +217,9 @@ def make_synthetic_voc(
             rng = np.random.default_rng([seed, i])
             short = int(round(image_size * rng.uniform(0.75, 1.0)))
             h, w = (short, image_size) if rng.random() < 0.7 else (image_size, short)
-            arr, objects = _render_image(rng, h, w, SYNTHETIC_CLASSES, max_objects, object_size, empty_prob, tiny_prob)
+            arr, objects = _render_image(rng, h, w, shapes, max_objects, object_size, empty_prob, tiny_prob)
+            for obj in objects:
+                obj["name"] = names[list(shapes).index(obj["name"])]
             Image.fromarray(arr).save(tmp / "JPEGImages" / f"{image_id}.jpg", quality=jpeg_quality)
             (tmp / "Annotations" / f"{image_id}.xml").write_text(
                 _annotation_xml(f"VOC{year}", f"{image_id}.jpg", h, w, objects))

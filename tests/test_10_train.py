@@ -14,7 +14,7 @@ import p2s_lib.train as train_mod
 from p2s_lib.data import SYNTHETIC_CLASSES, VOCDataset, make_transforms
 from p2s_lib.model import load_model
 from p2s_lib.train import (EpochSampler, SeededTransforms, TrainConfig, Trainer, TrainingDiverged, WarmupLinearDecay,
-                           main, resolve_classes, synthetic_budget_config, validate_config)
+                           check_sets, config_table, resolve_classes, resolve_splits, validate_config)
 
 
 def tiny_config(root: Path, out: Path, **overrides) -> TrainConfig:
@@ -160,118 +160,114 @@ def test_nan_loss_stops_with_clear_message_after_saving(synthetic_root, tmp_path
     assert (tmp_path / "last.pt").exists()
 
 
-def test_cli_train_evaluate_predict(synthetic_root, tmp_path, capsys):
-    out = tmp_path / "run"
-    assert main(["train", "--data-root", str(synthetic_root), "--classes", "infer", "--preset", "nano",
-                 "--image-size", "64", "--epochs", "1", "--batch-size", "4", "--num-workers", "0",
-                 "--eval-images", "4", "--val-set", "val", "--max-objects", "7", "--out", str(out)]) == 0
-    assert load_model(out / "best.pt")[0].tokenizer.max_objects == 7       # --max-objects overrides the preset
-    assert main(["evaluate", "--checkpoint", str(out / "best.pt"), "--data-root", str(synthetic_root),
-                 "--image-set", "test", "--max-images", "4", "--out", str(tmp_path / "eval")]) == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(total=st.integers(30, 600), warmup=st.floats(0.0, 0.2), decay=st.floats(0.05, 1.0),
+       final=st.floats(0.0, 0.5), refits=st.lists(st.tuples(st.integers(1, 400), st.integers(1, 2000)), max_size=6))
+def test_refits_never_raise_the_lr_once_warmup_is_over(total, warmup, decay, final, refits):
+    """Over random budgets and re-fits (when, to which length), the lr never rises after warmup, never leaves
+    [final, peak], and a begun decay ends at `final` when the run reaches its (last) length."""
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = WarmupLinearDecay(opt, total_steps=total, warmup_frac=warmup, final_frac=final, decay_frac=decay)
+    at = {}
+    for gap, length in refits:
+        at[sum([gap] + list(at)) if at else gap] = length
+    lrs, warm = [], []
+    for step in range(max([total, *at, *at.values()]) + 5):
+        if step in at:
+            sched.resize(step + at[step])
+        lrs.append(opt.param_groups[0]["lr"])
+        warm.append(sched.decay_from is None and step < sched.warmup_steps())
+        sched.step()
+    after = warm.index(False) if False in warm else len(lrs)
+    assert all(b <= a + 1e-12 for a, b in zip(lrs[after:], lrs[after + 1:]))
+    assert all(min(final, 1.0) - 1e-9 <= lr <= 1.0 + 1e-12 for lr in lrs[after:])
+    if sched.step_count >= sched.total_steps:
+        assert lrs[-1] == pytest.approx(final)
+
+
+def test_a_refit_in_the_decay_goes_on_from_the_current_lr():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = WarmupLinearDecay(opt, total_steps=100, warmup_frac=0.1, final_frac=0.0, decay_frac=0.5)
+    for _ in range(75):
+        sched.step()
+    before = opt.param_groups[0]["lr"]                    # halfway down the decay: 0.5
+    sched.resize(200)                                     # the budget turns out longer
+    assert opt.param_groups[0]["lr"] == pytest.approx(before) == pytest.approx(0.5)
+    sched.step_count = 75 + 125 // 2
+    sched.step()
+    assert opt.param_groups[0]["lr"] < before             # still falling, towards 0 at step 200
+    state = sched.state_dict()
+    again = WarmupLinearDecay(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), total_steps=7)
+    again.load_state_dict(state)
+    assert again.decay_from == sched.decay_from and again.factor(150) == sched.factor(150)
+
+
+def test_splits_are_found_in_the_data_and_a_missing_pair_is_named(synthetic_root, tmp_path):
+    found = resolve_splits(TrainConfig(data_root=str(synthetic_root), epochs=1))
+    assert (found.train_set, found.val_set) == ("train", "val") and "found in" in found.source("train_set")
+    given = resolve_splits(TrainConfig(data_root=str(synthetic_root), epochs=1, train_set="trainval"))
+    assert (given.train_set, given.val_set) == ("trainval", "test")
+    bare = tmp_path / "VOCdevkit" / "VOC2007" / "ImageSets" / "Main"
+    bare.mkdir(parents=True)
+    (bare / "mine.txt").write_text("1\n")
+    with pytest.raises(ValueError, match="found no train \\+ val or trainval \\+ test split files \\(found: mine\\)"):
+        resolve_splits(TrainConfig(data_root=str(tmp_path), epochs=1))
+
+
+def test_an_empty_or_too_small_training_set_fails_at_once_naming_its_split_file(synthetic_root, tmp_path):
+    import shutil
+    root = tmp_path / "data"
+    shutil.copytree(synthetic_root, root)
+    main_dir = root / "VOCdevkit" / "VOC2007" / "ImageSets" / "Main"
+    (main_dir / "empty.txt").write_text("\n")
+    (main_dir / "three.txt").write_text("".join((main_dir / "train.txt").read_text().splitlines(True)[:3]))
+    with pytest.raises(ValueError, match=r"empty\.txt: the training set lists no images"):
+        Trainer(tiny_config(root, tmp_path / "a", train_set="empty"))
+    with pytest.raises(ValueError, match=r"three\.txt: 3 training images, fewer than one batch \(4 per process"):
+        Trainer(tiny_config(root, tmp_path / "b", train_set="three"))
+    with pytest.raises(ValueError, match=r"empty\.txt: the validation set lists no images"):
+        Trainer(tiny_config(root, tmp_path / "c", val_set="empty"))
+
+
+def test_spare_slots_size_the_sequence_from_the_data(synthetic_root, tmp_path):
+    from p2s_lib.train import most_objects
+    trainer = Trainer(tiny_config(synthetic_root, tmp_path, spare_slots=3))
+    most = most_objects(VOCDataset(synthetic_root, "2007", "train", classes=SYNTHETIC_CLASSES))
+    assert most >= 1 and trainer.model.tokenizer.max_objects == most + 3
+    assert "spare_slots" in trainer.cfg.source("max_objects")
+
+
+def test_the_run_prints_its_settings_and_their_sources(synthetic_root, tmp_path, capsys):
+    Trainer(tiny_config(synthetic_root, tmp_path, sources={"lr": "a measurement"}))
     printed = capsys.readouterr().out
-    metrics = json.loads(printed[printed.rindex("{\n"):])
-    assert {"map", "map_50", "voc_map_50"} <= set(metrics)
-    coco = json.loads((tmp_path / "eval" / "predictions_coco.json").read_text())
-    assert isinstance(coco, list)
-    assert main(["evaluate", "--checkpoint", str(out / "best.pt"), "--data-root", str(synthetic_root),
-                 "--image-set", "test", "--max-images", "4", "--labels-per-object", "2", "--refine-window", "0",
-                 "--out", str(tmp_path / "eval2")]) == 0                  # same draws, two labels per object
-    coco2 = json.loads((tmp_path / "eval2" / "predictions_coco.json").read_text())
-    assert len(coco2) == 2 * len(coco)
-    assert {json.dumps(d, sort_keys=True) for d in coco} <= {json.dumps(d, sort_keys=True) for d in coco2}
-    assert main(["evaluate", "--checkpoint", str(out / "best.pt"), "--data-root", str(synthetic_root),
-                 "--image-set", "test", "--max-images", "4", "--refine-window", "2",
-                 "--out", str(tmp_path / "eval3")]) == 0                  # same draws, sub-bin coordinates
-    coco3 = json.loads((tmp_path / "eval3" / "predictions_coco.json").read_text())
-    assert len(coco3) >= len(coco) and all(0 <= d["score"] <= 1 for d in coco3)
-    assert [d["bbox"] for d in coco3] != [d["bbox"] for d in coco]       # the edges moved below the bin size
-    images = synthetic_root / "VOCdevkit" / "VOC2007" / "JPEGImages"
-    first = sorted(images.iterdir())[0]
-    assert main(["predict", "--checkpoint", str(out / "best.pt"), str(first), "--out", str(tmp_path / "pics")]) == 0
-    assert (tmp_path / "pics" / f"{first.stem}.png").exists()
-    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert line["image"] == str(first) and isinstance(line["detections"], list)
+    assert printed.startswith("p2s run, no recipe:")
+    assert any(line.split()[:2] == ["lr", "0.0003"] and line.endswith("a measurement") for line in printed.splitlines())
+    assert "found in" in printed                                          # the train split was found in the data
 
 
-def test_bad_arguments_and_corrupt_checkpoint_give_clear_errors(synthetic_root, tmp_path, capsys):
-    assert main(["train", "--data-root", str(synthetic_root), "--preset", "huge"]) == 2
-    assert "--preset must be one of" in capsys.readouterr().err
-    assert main(["train", "--data-root", str(tmp_path / "nowhere")]) == 2
-    assert "download_voc.py" in capsys.readouterr().err
-    assert main(["train", "--data-root", str(synthetic_root), "--max-objects", "0"]) == 2
-    assert "--max-objects must be >= 1, got 0" in capsys.readouterr().err
-    assert main(["train", "--data-root", str(synthetic_root), "--transpose", "1.5"]) == 2
-    assert "--transpose is a probability, got 1.5" in capsys.readouterr().err
-    for k in ("0", "5"):                                                # the synthetic set has 4 classes
-        assert main(["train", "--data-root", str(synthetic_root), "--classes", "synthetic",
-                     "--labels-per-object", k]) == 2
-        assert f"--labels-per-object must be in [1, 4] (the classes), got {k}" in capsys.readouterr().err
-    assert main(["train", "--data-root", str(synthetic_root), "--refine-window", "-1"]) == 2
-    assert "--refine-window must be >= 0 bins, got -1" in capsys.readouterr().err
-    assert main(["train", "--data-root", str(synthetic_root), "--decay-frac", "0"]) == 2
-    assert "--decay-frac must be in (0, 1], got 0.0" in capsys.readouterr().err
-    assert main(["train", "--data-root", str(synthetic_root), "--color-jitter", "-0.1"]) == 2
-    assert "--color-jitter must be >= 0, got -0.1" in capsys.readouterr().err
-    bad = tmp_path / "bad.pt"
-    bad.write_bytes(b"definitely not a checkpoint")
-    assert main(["evaluate", "--checkpoint", str(bad), "--data-root", str(synthetic_root)]) == 2
-    assert str(bad) in capsys.readouterr().err
-    assert main(["predict", "--checkpoint", str(bad), str(tmp_path)]) == 2
-    with pytest.raises(SystemExit):
-        main(["train", "--epochs", "three"])
-    assert main(["train", "--data-root", str(synthetic_root), "--resume", str(tmp_path / "missing.pt")]) == 2
+def test_ctrl_c_saves_last_and_a_finished_run_says_nothing_is_left(synthetic_root, tmp_path, monkeypatch, capsys):
+    cfg = tiny_config(synthetic_root, tmp_path, epochs=1)
+    trainer = Trainer(cfg)
+    real_step, calls = trainer.train_step, []
+    def interrupted(*a):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_step(*a)
+    monkeypatch.setattr(trainer, "train_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    assert load_model(tmp_path / "last.pt")[1]["step"] == 2                 # the two finished steps are kept
+    Trainer(cfg, resume=tmp_path / "last.pt").fit()                       # goes on to the end of the epoch
+    capsys.readouterr()
+    result = Trainer(cfg, resume=tmp_path / "last.pt").fit()              # nothing left: ends at once
+    assert "nothing left to train: step 5 of 5" in capsys.readouterr().out and result["step"] == 5
 
 
-def test_ddp_two_processes_on_cpu(synthetic_root, tmp_path):
-    out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "p2s_lib",
-           "train", "--data-root", str(synthetic_root), "--classes", "synthetic", "--preset", "nano",
-           "--image-size", "64", "--epochs", "1", "--batch-size", "2", "--num-workers", "0",
-           "--eval-images", "6", "--val-set", "val", "--out", str(out), "--device", "cpu"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert (out / "last.pt").exists() and (out / "log.csv").exists()
-    assert done.stdout.count('"metrics"') == 1  # only rank 0 reports
-
-
-def test_demo_trains_scores_and_draws(synthetic_root, tmp_path, capsys):
-    out = tmp_path / "demo"
-    assert main(["demo", "--minutes", "0.1", "--data-root", str(synthetic_root), "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
-    summary = json.loads(printed[printed.rindex("{\n"):])
-    assert 0.0 <= summary["test_map_50"] <= 1.0
-    assert (out / "predictions.png").stat().st_size > 0 and (out / "curves.png").exists()
-
-
-def test_synthetic_budget_config_holds_val_out_and_skips_scale_jitter(tmp_path):
-    cfg = synthetic_budget_config(tmp_path, 5, tmp_path / "out", seed=3, scale_max=1.5)
-    assert (cfg.train_set, cfg.val_set, cfg.classes, cfg.preset) == ("train", "val", "synthetic", "nano")
-    assert cfg.max_minutes == 5 and cfg.scale_min == 1.0 and cfg.scale_max == 1.5 and cfg.seed == 3
-    assert cfg.lr == 8e-4 and cfg.max_objects == 8          # the CPU recipe's departures from TrainConfig's defaults
-    assert (cfg.hflip, cfg.vflip, cfg.transpose) == (0.5, 0.5, 0.5)   # all 8 symmetries: the shapes have no "up"
-    assert TrainConfig().vflip == 0.0 and TrainConfig().transpose == 0.0   # off for photos
-    assert (cfg.decay_frac, cfg.final_lr_frac, cfg.cache_images) == (0.35, 0.02, True)  # WSD, images in RAM
-    assert (TrainConfig().decay_frac, TrainConfig().cache_images) == (1.0, False)
-    validate_config(cfg)
-
-
-def test_synthetic_budget_lr_follows_the_global_batch(tmp_path, monkeypatch):
-    """8e-4 at a global batch of 8, times sqrt(global batch / 8); torchrun's WORLD_SIZE counts; --lr wins."""
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    assert math.isclose(synthetic_budget_config(tmp_path, 5, tmp_path).lr, 8e-4 * math.sqrt(2))
-    assert math.isclose(synthetic_budget_config(tmp_path, 5, tmp_path, batch_size=16).lr, 1.6e-3)
-    assert synthetic_budget_config(tmp_path, 5, tmp_path, lr=5e-4).lr == 5e-4
-    monkeypatch.setenv("WORLD_SIZE", "1")
-    assert math.isclose(synthetic_budget_config(tmp_path, 5, tmp_path, batch_size=2).lr, 4e-4)
-
-
-def test_demo_under_torchrun_reports_once(synthetic_root, tmp_path):
-    out = tmp_path / "demo_ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "p2s_lib",
-           "demo", "--minutes", "0.1", "--data-root", str(synthetic_root), "--out", str(out)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.count('"test_map_50"') == 1                   # rank 0 alone reports
-    summary = json.loads(done.stdout[done.stdout.rindex("{\n"):])
-    assert 0.0 <= summary["test_map_50"] <= 1.0 and (out / "predictions.png").stat().st_size > 0
+def test_a_run_without_epochs_or_minutes_is_refused():
+    with pytest.raises(ValueError, match="give --epochs or --max-minutes"):
+        validate_config(TrainConfig(data_root="."))
+    with pytest.raises(ValueError, match="--data-root is required"):
+        validate_config(TrainConfig(epochs=1))

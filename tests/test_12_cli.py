@@ -1,0 +1,170 @@
+"""Chapter 12: the command line (train, evaluate, predict, demo), its exit codes and its bad-input messages."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from p2s_lib.cli import main
+from p2s_lib.data import SYNTHETIC_CLASSES, VOCDataset
+from p2s_lib.model import load_model
+
+
+@pytest.fixture(scope="module")
+def trained(synthetic_root, tmp_path_factory) -> dict:
+    """One epoch of nano on the tiny set, made once for the predict and COCO tests."""
+    out = tmp_path_factory.mktemp("trained")
+    assert main(["train", "--data-root", str(synthetic_root), "--classes", "synthetic", "--image-size", "64",
+                 "--epochs", "1", "--batch-size", "4", "--eval-images", "2", "--out", str(out)]) == 0
+    return {"root": synthetic_root, "checkpoint": out / "best.pt"}
+
+
+def test_cli_train_evaluate_predict(synthetic_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--data-root", str(synthetic_root), "--classes", "infer", "--preset", "nano",
+                 "--image-size", "64", "--epochs", "1", "--batch-size", "4", "--num-workers", "0",
+                 "--eval-images", "4", "--val-set", "val", "--max-objects", "7", "--out", str(out)]) == 0
+    assert load_model(out / "best.pt")[0].tokenizer.max_objects == 7       # --max-objects overrides the preset
+    assert main(["evaluate", "--checkpoint", str(out / "best.pt"), "--data-root", str(synthetic_root),
+                 "--image-set", "test", "--max-images", "4", "--out", str(tmp_path / "eval0")]) == 0
+    printed = capsys.readouterr().out
+    metrics = json.loads(printed[printed.rindex("{\n"):])
+    assert {"map", "map_50", "voc_map_50"} <= set(metrics)
+    assert (metrics["refine_window"], metrics["top_p"]) == (2, 0.4)     # as the run's recipe (cpu) decodes
+    assert main(["evaluate", "--checkpoint", str(out / "best.pt"), "--data-root", str(synthetic_root),
+                 "--image-set", "test", "--max-images", "4", "--refine-window", "0", "--out", str(tmp_path / "eval")]) == 0
+    coco = json.loads((tmp_path / "eval" / "predictions_coco.json").read_text())
+    assert isinstance(coco, list)
+    assert main(["evaluate", "--checkpoint", str(out / "best.pt"), "--data-root", str(synthetic_root),
+                 "--image-set", "test", "--max-images", "4", "--labels-per-object", "2", "--refine-window", "0",
+                 "--out", str(tmp_path / "eval2")]) == 0                  # same draws, two labels per object
+    coco2 = json.loads((tmp_path / "eval2" / "predictions_coco.json").read_text())
+    assert len(coco2) == 2 * len(coco)
+    assert {json.dumps(d, sort_keys=True) for d in coco} <= {json.dumps(d, sort_keys=True) for d in coco2}
+    assert main(["evaluate", "--checkpoint", str(out / "best.pt"), "--data-root", str(synthetic_root),
+                 "--image-set", "test", "--max-images", "4", "--refine-window", "2",
+                 "--out", str(tmp_path / "eval3")]) == 0                  # same draws, sub-bin coordinates
+    coco3 = json.loads((tmp_path / "eval3" / "predictions_coco.json").read_text())
+    assert len(coco3) >= len(coco) and all(0 <= d["score"] <= 1 for d in coco3)
+    assert [d["bbox"] for d in coco3] != [d["bbox"] for d in coco]       # the edges moved below the bin size
+    images = synthetic_root / "VOCdevkit" / "VOC2007" / "JPEGImages"
+    first = sorted(images.iterdir())[0]
+    assert main(["predict", "--checkpoint", str(out / "best.pt"), str(first), "--out", str(tmp_path / "pics")]) == 0
+    assert (tmp_path / "pics" / f"{first.stem}.png").exists()
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["image"] == str(first) and isinstance(line["detections"], list)
+
+
+def test_predict_draws_every_readable_image_and_names_each_unreadable_one(trained, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    sources = sorted((trained["root"] / "VOCdevkit" / "VOC2007" / "JPEGImages").iterdir())[:3]
+    for k, src in enumerate(sources):
+        (folder / f"{k}_{src.name}").write_bytes(src.read_bytes())
+    (folder / "1_broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")   # sorts between the good ones
+    (folder / "notes.txt").write_text("not an image, not even tried")
+    code = main(["predict", "--checkpoint", str(trained["checkpoint"]), str(folder), "--out", str(tmp_path / "out")])
+    captured = capsys.readouterr()
+    assert code == 1                                                        # some inputs were skipped
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == sorted(f"{k}_{s.stem}.png" for k, s in
+                                                                               enumerate(sources))
+    assert "1_broken.jpg: not a readable image" in captured.err and "1 of 4 images could not be read" in captured.err
+    assert len(json.loads((tmp_path / "out" / "predictions.json").read_text())) == 3
+    empty = tmp_path / "nothing"
+    empty.mkdir()
+    assert main(["predict", "--checkpoint", str(trained["checkpoint"]), str(empty)]) == 2
+    assert "no images" in capsys.readouterr().err
+
+
+def test_coco_json_data_trains_evaluates_and_predicts(trained, tmp_path, capsys):
+    from p2s_lib.coco import voc_to_coco
+    images = trained["root"] / "VOCdevkit" / "VOC2007" / "JPEGImages"
+    for split in ("train", "val"):
+        voc_to_coco(VOCDataset(trained["root"], "2007", split, classes=SYNTHETIC_CLASSES), tmp_path / f"{split}.json")
+    out = tmp_path / "coco_run"
+    assert main(["train", "--data-root", str(images), "--train-set", str(tmp_path / "train.json"),
+                 "--val-set", str(tmp_path / "val.json"), "--image-size", "64", "--epochs", "1", "--batch-size", "4",
+                 "--eval-images", "2", "--out", str(out)]) == 0
+    assert load_model(out / "best.pt")[1]["class_names"] == list(SYNTHETIC_CLASSES)   # infer: category id order
+    assert main(["evaluate", "--checkpoint", str(out / "best.pt"), "--data-root", str(images),
+                 "--image-set", str(tmp_path / "val.json"), "--out", str(tmp_path / "eval")]) == 0
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["images"] == 2
+    assert main(["predict", "--checkpoint", str(out / "best.pt"), str(tmp_path / "val.json"), "--data-root",
+                 str(images), "--out", str(tmp_path / "pics")]) == 0
+    assert len(list((tmp_path / "pics").glob("*.png"))) == 2
+    capsys.readouterr()
+    assert main(["train", "--data-root", str(images), "--train-set", str(tmp_path / "train.json"), "--epochs", "1"]) == 2
+    assert "give both --train-set and --val-set" in capsys.readouterr().err
+
+
+def test_bad_arguments_and_corrupt_checkpoint_give_clear_errors(synthetic_root, tmp_path, capsys):
+    assert main(["train", "--data-root", str(synthetic_root), "--preset", "huge"]) == 2
+    assert "--preset must be one of" in capsys.readouterr().err
+    assert main(["train", "--data-root", str(tmp_path / "nowhere")]) == 2
+    assert "download_voc.py" in capsys.readouterr().err
+    assert main(["train", "--data-root", str(synthetic_root), "--max-objects", "0"]) == 2
+    assert "--max-objects must be >= 1, got 0" in capsys.readouterr().err
+    assert main(["train", "--data-root", str(synthetic_root), "--transpose", "1.5"]) == 2
+    assert "--transpose is a probability, got 1.5" in capsys.readouterr().err
+    for k in ("0", "5"):                                                # the synthetic set has 4 classes
+        assert main(["train", "--data-root", str(synthetic_root), "--classes", "synthetic",
+                     "--labels-per-object", k]) == 2
+        assert f"--labels-per-object must be in [1, 4] (the classes), got {k}" in capsys.readouterr().err
+    assert main(["train", "--data-root", str(synthetic_root), "--refine-window", "-1"]) == 2
+    assert "--refine-window must be >= 0 bins, got -1" in capsys.readouterr().err
+    assert main(["train", "--data-root", str(synthetic_root), "--decay-frac", "0"]) == 2
+    assert "--decay-frac must be in (0, 1], got 0.0" in capsys.readouterr().err
+    assert main(["train", "--data-root", str(synthetic_root), "--color-jitter", "-0.1"]) == 2
+    assert "--color-jitter must be >= 0, got -0.1" in capsys.readouterr().err
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"definitely not a checkpoint")
+    assert main(["evaluate", "--checkpoint", str(bad), "--data-root", str(synthetic_root)]) == 2
+    assert str(bad) in capsys.readouterr().err
+    assert main(["predict", "--checkpoint", str(bad), str(tmp_path)]) == 2
+    with pytest.raises(SystemExit):
+        main(["train", "--epochs", "three"])
+    assert main(["train", "--data-root", str(synthetic_root), "--resume", str(tmp_path / "missing.pt")]) == 2
+
+
+def test_ddp_two_processes_on_cpu(synthetic_root, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "p2s_lib",
+           "train", "--data-root", str(synthetic_root), "--classes", "synthetic", "--preset", "nano",
+           "--image-size", "64", "--epochs", "1", "--batch-size", "2", "--num-workers", "0",
+           "--eval-images", "6", "--val-set", "val", "--out", str(out), "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (out / "last.pt").exists() and (out / "log.csv").exists()
+    assert done.stdout.count('"metrics"') == 1  # only rank 0 reports
+
+
+def test_an_empty_split_file_stops_train_at_once_naming_it(synthetic_root, tmp_path, capsys):
+    import shutil
+    root = tmp_path / "data"
+    shutil.copytree(synthetic_root, root)
+    (root / "VOCdevkit" / "VOC2007" / "ImageSets" / "Main" / "none.txt").write_text("")
+    assert main(["train", "--data-root", str(root), "--train-set", "none", "--val-set", "val"]) == 2
+    err = capsys.readouterr().err
+    assert "none.txt: the training set lists no images" in err and len(err.splitlines()) == 1
+
+
+def test_demo_trains_scores_and_draws(synthetic_root, tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--minutes", "0.1", "--data-root", str(synthetic_root), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads(printed[printed.rindex("{\n"):])
+    assert 0.0 <= summary["test_map_50"] <= 1.0
+    assert (out / "predictions.png").stat().st_size > 0 and (out / "curves.png").exists()
+
+
+def test_demo_under_torchrun_reports_once(synthetic_root, tmp_path):
+    out = tmp_path / "demo_ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "p2s_lib",
+           "demo", "--minutes", "0.1", "--data-root", str(synthetic_root), "--out", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count('"test_map_50"') == 1                   # rank 0 alone reports
+    summary = json.loads(done.stdout[done.stdout.rindex("{\n"):])
+    assert 0.0 <= summary["test_map_50"] <= 1.0 and (out / "predictions.png").stat().st_size > 0
