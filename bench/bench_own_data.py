@@ -6,7 +6,7 @@
 It runs exactly `OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node=2 -m p2s_lib train --data-root ROOT
 --classes C [--vflip 0.5 --transpose 0.5] --out OUT` (the recipe decides the rest: `cpu` for nano, 15 minutes),
 then `p2s evaluate` on the `test` split twice: as the run's recipe decodes, and as the paper decodes
-(`--refine-window 0`). Prints one JSON line with both, the steps and the validation curve. Not a test.
+(`--refine-window 0 --labels-per-object 1`). Prints one JSON line with both, the steps and the validation curve. Not a test.
 """
 import argparse
 import csv
@@ -41,7 +41,7 @@ def main() -> None:
     command = own_data_command(args.root, args.classes, args.no_up, out, args.processes)
     subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     recipe = score(out / "best.pt", args.root, out / "test")
-    paper = score(out / "best.pt", args.root, out / "test_paper", "--refine-window", "0")
+    paper = score(out / "best.pt", args.root, out / "test_paper", "--refine-window", "0", "--labels-per-object", "1")
     with (out / "log.csv").open() as f:
         rows = list(csv.DictReader(f))
     curve = [(round(float(r["train_minutes"]), 2), round(float(r["map_50"]), 3), round(float(r["map"]), 3))

@@ -23,6 +23,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                              'p2s_lib.cli.cli_predict': ('cli.html#cli_predict', 'p2s_lib/cli.py'),
                              'p2s_lib.cli.cli_train': ('cli.html#cli_train', 'p2s_lib/cli.py'),
                              'p2s_lib.cli.decoding_settings': ('cli.html#decoding_settings', 'p2s_lib/cli.py'),
+                             'p2s_lib.cli.first_label': ('cli.html#first_label', 'p2s_lib/cli.py'),
                              'p2s_lib.cli.image_paths': ('cli.html#image_paths', 'p2s_lib/cli.py'),
                              'p2s_lib.cli.main': ('cli.html#main', 'p2s_lib/cli.py'),
                              'p2s_lib.cli.read_image_for_model': ('cli.html#read_image_for_model', 'p2s_lib/cli.py')},

@@ -2,13 +2,14 @@
 
 # %% auto #0
 __all__ = ['FLAGS', 'PAPER_DECODING', 'IMAGE_SUFFIXES', 'add_train_arguments', 'cli_train', 'decoding_settings', 'cli_evaluate',
-           'SomeInputsFailed', 'read_image_for_model', 'image_paths', 'cli_predict', 'cli_demo',
+           'SomeInputsFailed', 'read_image_for_model', 'image_paths', 'cli_predict', 'first_label', 'cli_demo',
            'add_evaluation_arguments', 'build_parser', 'main']
 
-# %% ../notebooks/12_cli.ipynb #bb38c17a
+# %% ../notebooks/12_cli.ipynb #aefa90b0
 import argparse
 import json
 import os
+import re
 import sys
 import typing
 from dataclasses import fields
@@ -57,7 +58,7 @@ def cli_train(args: argparse.Namespace) -> dict:
         print(json.dumps(result, indent=1))
     return result
 
-# %% ../notebooks/12_cli.ipynb #144df7ba
+# %% ../notebooks/12_cli.ipynb #ac56b65b
 PAPER_DECODING = {"top_p": 0.4, "refine_window": 0, "labels_per_object": 1}
 
 
@@ -86,7 +87,7 @@ def cli_evaluate(args: argparse.Namespace) -> dict:
     print(json.dumps(summary, indent=1))
     return metrics
 
-# %% ../notebooks/12_cli.ipynb #6624807a
+# %% ../notebooks/12_cli.ipynb #442a6db5
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
 
@@ -98,8 +99,9 @@ def read_image_for_model(path: str | Path, image_size: int) -> tuple[torch.Tenso
     """(original uint8 image, model-ready [3,S,S] float image, orig_size (H, W)) for any image file."""
     try:
         original = decode_rgb(path)
-    except (RuntimeError, OSError) as e:
-        raise ValueError(f"{path}: not a readable image ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    except (RuntimeError, OSError) as e:  # keep the useful part of the decoder's message, as VOCDataset does
+        reason = re.sub(r"^.*\.cpp:\d+, ", "", str(e).splitlines()[0] if str(e) else "").split(". ")[0]
+        raise ValueError(f"{path}: not a readable image ({reason or type(e).__name__})") from None
     h, w = original.shape[-2:]
     empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long),
              "difficult": torch.zeros(0, dtype=torch.bool), "image_id": Path(path).stem,
@@ -126,7 +128,7 @@ def image_paths(inputs: list[str], root: str | None = None) -> list[Path]:
             raise FileNotFoundError(f"predict: no such image or directory: {item}")
     return paths
 
-# %% ../notebooks/12_cli.ipynb #178eb418
+# %% ../notebooks/12_cli.ipynb #8064e8dd
 @torch.inference_mode()
 def cli_predict(args: argparse.Namespace) -> list[dict]:
     """`p2s predict`: one picture and one JSON line per readable image; unreadable ones are named and skipped."""
@@ -159,7 +161,16 @@ def cli_predict(args: argparse.Namespace) -> list[dict]:
                                f"{len(paths) - len(failed)} were drawn in {out}): " + "; ".join(failed))
     return results
 
-# %% ../notebooks/12_cli.ipynb #7dc08ea8
+# %% ../notebooks/12_cli.ipynb #850a0552
+def first_label(prediction: dict) -> dict:
+    """Only the likeliest class of each object (a picture shows one label per box)."""
+    boxes, keep = prediction["boxes"], []
+    for i in range(len(boxes)):
+        if not any(torch.equal(boxes[i], boxes[j]) for j in keep):
+            keep.append(i)
+    return {k: v[keep] for k, v in prediction.items()}
+
+
 def cli_demo(args: argparse.Namespace) -> dict:
     """The README's main job: synthetic VOC-format data, the cpu recipe for a few minutes, mAP, a picture."""
     root, out = Path(args.data_root), Path(args.out)
@@ -176,11 +187,11 @@ def cli_demo(args: argparse.Namespace) -> dict:
         dist.barrier()  # rank 0 has written best.pt
     model, info = load_model(out / "best.pt")
     test = build_dataset(root, "2007", "test", info["class_names"], make_transforms(False, model.image_size))
-    metrics, preds, _ = evaluate_model(model.eval(), test, top_p=cfg.top_p, refine_window=cfg.refine_window)
+    metrics, preds, _ = evaluate_model(model.eval(), test, **decoding_settings(info, args))  # as the run decoded
     if rank != 0:
         return {}
     raw = VOCDataset(root, year="2007", image_set="test", classes=info["class_names"])
-    tiles = [draw_detections(raw[i][0], preds[i], info["class_names"]) for i in range(min(12, len(raw)))]
+    tiles = [draw_detections(raw[i][0], first_label(preds[i]), info["class_names"]) for i in range(min(12, len(raw)))]
     save_png(tile_images(tiles), out / "predictions.png")
     summary = {"test_map_50": round(metrics["map_50"], 4), "test_map": round(metrics["map"], 4),
                "test_voc_map_50": round(metrics["voc_map_50"], 4), "checkpoint": str(out / "best.pt"),
@@ -188,7 +199,7 @@ def cli_demo(args: argparse.Namespace) -> dict:
     print(json.dumps(summary, indent=1))
     return summary
 
-# %% ../notebooks/12_cli.ipynb #b2d13c48
+# %% ../notebooks/12_cli.ipynb #9e63588c
 def add_evaluation_arguments(p: argparse.ArgumentParser, name: str) -> None:
     """The flags `evaluate` and `predict` share: the checkpoint, the device, the decoding, the data."""
     p.add_argument("--checkpoint", required=True)

@@ -192,7 +192,7 @@ def set_transforms(dataset: Dataset, transforms) -> Dataset:
         part.transforms = transforms
     return dataset
 
-# %% ../notebooks/10_train_voc.ipynb #7ce052de
+# %% ../notebooks/10_train_voc.ipynb #95b27d43
 def resolve_splits(cfg: TrainConfig) -> TrainConfig:
     """Fill a missing --train-set / --val-set from the data's split files: train + val, else trainval + test."""
     if cfg.train_set is not None and cfg.val_set is not None:
@@ -436,6 +436,9 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.class_names = state["class_names"] if state else resolve_classes(
             cfg.classes, cfg.data_root, cfg.year, cfg.train_set)
+        if cfg.recipe and not cfg.is_given("labels_per_object") and cfg.labels_per_object > len(self.class_names):
+            cfg.labels_per_object = len(self.class_names)  # a recipe's "up to k classes" on a set with fewer
+            cfg.sources = {**cfg.sources, "labels_per_object": cfg.source("labels_per_object") + " (capped)"}
         if not 1 <= cfg.labels_per_object <= len(self.class_names):  # checked now, not at the first evaluation
             raise ValueError(f"--labels-per-object must be in [1, {len(self.class_names)}] (the classes), "
                              f"got {cfg.labels_per_object}")
@@ -527,7 +530,7 @@ class Trainer:
 
     def fit(self) -> dict:
         """Train until `epochs` or the time budget; evaluate every `eval_every` epochs and at the end.
-        Ctrl-C saves `last.pt` first, so `--resume` loses nothing."""
+        Ctrl-C, or an image that can't be read, saves `last.pt` first, so `--resume` loses nothing."""
         cfg, spe = self.cfg, self.steps_per_epoch
         self.clock, self.budget = time.perf_counter(), (cfg.max_minutes * 60 if cfg.max_minutes else math.inf)
         self.eval_seconds, metrics, stop = 0.05 * self.budget if cfg.max_minutes else 0.0, None, False
@@ -546,10 +549,10 @@ class Trainer:
                 self.save("last.pt")
                 self.fit_schedule_to_budget()
                 bar.total = self.schedule.total_steps
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, ValueError, OSError) as e:  # Ctrl-C, or a file that can't be read
             path = self.save("last.pt")
             if self.is_main:
-                tqdm.write(f"interrupted at step {self.step}: saved {path}; continue with --resume")
+                tqdm.write(f"stopped at step {self.step} ({type(e).__name__}): saved {path}; continue with --resume")
             raise
         bar.close()
         if metrics is None or self.last_eval_step != self.step:

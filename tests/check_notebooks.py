@@ -1,6 +1,6 @@
 """Pre-flight for the test suite.
 
-1. Every notebook is committed fully executed: each non-empty code cell has an execution
+1. Every notebook (and worked solution) is committed fully executed: each non-empty code cell has an execution
    count, the counts run 1..N, and no cell stores an error (unless marked to raise).
    Strict nbval compares nothing in a cell that was never run, so this guards it.
 2. `p2s_lib` is exactly what `nbdev-export` generates from the notebooks: no drift, no
@@ -68,7 +68,7 @@ def sync_problems() -> list[str]:
 
 
 def main() -> int:
-    notebooks = sorted(NBS.glob("*.ipynb"))
+    notebooks = sorted(NBS.glob("*.ipynb")) + sorted(NBS.glob("solutions/*.ipynb"))
     problems = [p for nb in notebooks for p in notebook_problems(nb)] + sync_problems()
     for p in problems:
         print("FAIL", p)

@@ -72,3 +72,14 @@ def test_the_checkpoint_stores_the_recipe_and_resume_keeps_it(synthetic_root, tm
     assert resumed["step"] == 5 and resumed["train_config"]["recipe"] == "cpu"
     assert {k: resumed["train_config"][k] for k in ("lr", "decay_frac", "scale_min", "epochs", "max_minutes")} == \
            {k: first[k] for k in ("lr", "decay_frac", "scale_min", "epochs", "max_minutes")}
+
+
+def test_a_given_length_is_the_only_length():
+    """--max-minutes alone trains for the budget (no epoch cap); --epochs alone has no recipe budget."""
+    budget = make_config(recipe="paper", max_minutes=30)
+    assert (budget.epochs, budget.max_minutes) == (None, 30) and budget.source("epochs") == "none: max_minutes is given"
+    epochs = make_config(epochs=50)                                        # nano: the cpu recipe's 15 minutes go
+    assert (epochs.epochs, epochs.max_minutes) == (50, None)
+    both = make_config(epochs=50, max_minutes=5)
+    assert (both.epochs, both.max_minutes) == (50, 5)
+    assert make_config(max_objects=12).spare_slots is None               # a stated length of sequence wins
