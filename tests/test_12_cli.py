@@ -31,9 +31,10 @@ def test_cli_train_evaluate_predict(synthetic_root, tmp_path, capsys):
     printed = capsys.readouterr().out
     metrics = json.loads(printed[printed.rindex("{\n"):])
     assert {"map", "map_50", "voc_map_50"} <= set(metrics)
-    assert (metrics["refine_window"], metrics["top_p"]) == (2, 0.4)     # as the run's recipe (cpu) decodes
+    assert (metrics["refine_window"], metrics["top_p"], metrics["labels_per_object"]) == (2, 0.4, 4)  # the cpu recipe's
     assert main(["evaluate", "--checkpoint", str(out / "best.pt"), "--data-root", str(synthetic_root),
-                 "--image-set", "test", "--max-images", "4", "--refine-window", "0", "--out", str(tmp_path / "eval")]) == 0
+                 "--image-set", "test", "--max-images", "4", "--refine-window", "0", "--labels-per-object", "1",
+                 "--out", str(tmp_path / "eval")]) == 0                   # as the paper decodes
     coco = json.loads((tmp_path / "eval" / "predictions_coco.json").read_text())
     assert isinstance(coco, list)
     assert main(["evaluate", "--checkpoint", str(out / "best.pt"), "--data-root", str(synthetic_root),
