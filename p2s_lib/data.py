@@ -471,11 +471,12 @@ _PALETTE = ["#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#
 
 
 def draw_target(image: torch.Tensor, target: dict[str, Any], classes: Sequence[str] | None = None,
-                normalized: bool | None = None, width: int = 2) -> torch.Tensor:
+                normalized: bool | None = None, width: int = 2, font_size: int | None = None) -> torch.Tensor:
     """Draw `target["boxes"]` (+ class names) on `image` (float [3,H,W] in [0,1] or uint8); returns uint8 [3,H,W].
 
     Normalized boxes (all <= 1, or `normalized=True`) are scaled by max(H, W), the S of an S×S canvas.
-    Optional `target["scores"]` are printed next to the names. See chapter 00."""
+    Optional `target["scores"]` are printed next to the names. `font_size`: labels in that size (matplotlib's
+    DejaVu Sans) on a box of their colour, instead of the small default font. See chapter 00."""
     from torchvision.utils import draw_bounding_boxes
     img = image.as_subclass(torch.Tensor)
     img = img if img.dtype == torch.uint8 else (img.clamp(0, 1) * 255).round().to(torch.uint8)
@@ -495,12 +496,16 @@ def draw_target(image: torch.Tensor, target: dict[str, Any], classes: Sequence[s
         name += "*" if difficult[k] else ""
         names.append(f"{name} {float(scores[k]):.2f}" if scores is not None else name)
     colors = [_PALETTE[lab % len(_PALETTE)] for lab in labels]
+    font = {}
+    if font_size is not None:
+        from matplotlib import font_manager
+        font = dict(font=font_manager.findfont("DejaVu Sans"), font_size=font_size, fill_labels=True)
     out = img
     for thick in (True, False):  # difficult boxes drawn thin
         sel = [k for k in range(len(boxes)) if bool(difficult[k]) != thick]
         if sel:
             out = draw_bounding_boxes(out, boxes[sel], labels=[names[k] for k in sel], colors=[colors[k] for k in sel],
-                                      width=width if thick else 1)
+                                      width=width if thick else 1, **font)
     return out
 
 

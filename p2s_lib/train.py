@@ -192,7 +192,7 @@ def set_transforms(dataset: Dataset, transforms) -> Dataset:
         part.transforms = transforms
     return dataset
 
-# %% ../notebooks/10_train_voc.ipynb #95b27d43
+# %% ../notebooks/10_train_voc.ipynb #5f169f2b
 def resolve_splits(cfg: TrainConfig) -> TrainConfig:
     """Fill a missing --train-set / --val-set from the data's split files: train + val, else trainval + test."""
     if cfg.train_set is not None and cfg.val_set is not None:
@@ -686,19 +686,19 @@ def plot_history(history: list[dict], path: str | Path | None = None):
 
 # %% ../notebooks/10_train_voc.ipynb #df7a1a14
 def draw_detections(image: torch.Tensor, prediction: dict, class_names: list[str],
-                    score_threshold: float = 0.3, min_side: int = 320) -> torch.Tensor:
-    """uint8 [3,H',W'] picture of the detections above `score_threshold`, a colour per class, on the image
-    scaled up by a whole factor until its shorter side is at least `min_side` (labels stay readable)."""
+                    score_threshold: float = 0.3, long_side: int = 384) -> torch.Tensor:
+    """uint8 [3,H',W'] picture of the detections above `score_threshold`, a colour per class, labels in a
+    readable font on the image scaled up by a whole factor towards `long_side` pixels."""
     from torchvision.transforms.v2.functional import resize
     canvas = image if image.dtype == torch.uint8 else (image.clamp(0, 1) * 255).round().to(torch.uint8)
     h, w = canvas.shape[-2:]
-    scale = max(1, math.ceil(min_side / min(h, w)))
+    scale = max(1, round(long_side / max(h, w)))
     if scale > 1:
         canvas = resize(canvas, [h * scale, w * scale], antialias=True)
     keep = prediction["scores"] >= score_threshold
     shown = {"boxes": prediction["boxes"][keep] * scale, "labels": prediction["labels"][keep],
              "scores": prediction["scores"][keep]}
-    return draw_target(canvas, shown, class_names, normalized=False)
+    return draw_target(canvas, shown, class_names, normalized=False, font_size=max(11, max(h, w) * scale // 28))
 
 
 def tile_images(images: list[torch.Tensor], nrow: int = 4) -> torch.Tensor:

@@ -271,3 +271,13 @@ def test_a_run_without_epochs_or_minutes_is_refused():
         validate_config(TrainConfig(data_root="."))
     with pytest.raises(ValueError, match="--data-root is required"):
         validate_config(TrainConfig(epochs=1))
+
+
+def test_draw_detections_scales_by_a_whole_factor_and_keeps_only_scores_above_the_threshold():
+    from p2s_lib.train import draw_detections
+    image = torch.zeros(3, 96, 128, dtype=torch.uint8)
+    pred = {"boxes": torch.tensor([[10.0, 10.0, 60.0, 50.0], [70.0, 20.0, 120.0, 90.0]]),
+            "scores": torch.tensor([0.9, 0.1]), "labels": torch.tensor([0, 1])}
+    picture = draw_detections(image, pred, ["a", "b"], score_threshold=0.3)
+    assert picture.shape == (3, 288, 384) and picture.dtype == torch.uint8           # x3 towards 384 px
+    assert picture[:, 60:140, 29:32].any() and not picture[:, 100:250, 208:213].any()  # box 1's left edge, not box 2's
