@@ -12,7 +12,7 @@ import csv
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -192,7 +192,7 @@ def set_transforms(dataset: Dataset, transforms) -> Dataset:
         part.transforms = transforms
     return dataset
 
-# %% ../notebooks/10_train_voc.ipynb #5f169f2b
+# %% ../notebooks/10_train_voc.ipynb #525032b5
 def resolve_splits(cfg: TrainConfig) -> TrainConfig:
     """Fill a missing --train-set / --val-set from the data's split files: train + val, else trainval + test."""
     if cfg.train_set is not None and cfg.val_set is not None:
@@ -209,8 +209,7 @@ def resolve_splits(cfg: TrainConfig) -> TrainConfig:
     pair = next((p for p in pairs if any(g == x for g, x in zip(given, p))), pairs[0])  # the given one's partner
     pick = [g if g is not None else x for g, x in zip(given, pair)]
     found = {k: f"found in {folder}" for k in ("train_set", "val_set") if getattr(cfg, k) is None}
-    return TrainConfig(**{**asdict(cfg), "train_set": pick[0], "val_set": pick[1],
-                          "sources": {**cfg.sources, **found}})
+    return replace(cfg, train_set=pick[0], val_set=pick[1], sources={**cfg.sources, **found})
 
 
 def check_sets(train: Dataset, val: Dataset, batch_size: int, world_size: int) -> None:
