@@ -5,7 +5,7 @@ __all__ = ['FLAGS', 'PAPER_DECODING', 'IMAGE_SUFFIXES', 'add_train_arguments', '
            'SomeInputsFailed', 'read_image_for_model', 'image_paths', 'cli_predict', 'first_label', 'cli_demo',
            'add_evaluation_arguments', 'build_parser', 'main']
 
-# %% ../notebooks/12_cli.ipynb #aefa90b0
+# %% ../notebooks/12_cli.ipynb #e0d4bfcd
 import argparse
 import json
 import os
@@ -58,7 +58,7 @@ def cli_train(args: argparse.Namespace) -> dict:
         print(json.dumps(result, indent=1))
     return result
 
-# %% ../notebooks/12_cli.ipynb #ac56b65b
+# %% ../notebooks/12_cli.ipynb #48a680c0
 PAPER_DECODING = {"top_p": 0.4, "refine_window": 0, "labels_per_object": 1}
 
 
@@ -76,6 +76,8 @@ def cli_evaluate(args: argparse.Namespace) -> dict:
     data = build_dataset(args.data_root, args.year, args.image_set, names, make_transforms(False, model.image_size))
     if len(data) == 0:
         raise ValueError(f"--image-set {args.image_set!r}: the set lists no images")
+    if args.max_images is not None and args.max_images < 1:
+        raise ValueError(f"--max-images must be >= 1, got {args.max_images}")
     decoding = decoding_settings(info, args)
     metrics, preds, targets = evaluate_model(model.eval(), data, batch_size=args.batch_size,
                                              max_images=args.max_images, progress=True, **decoding)
@@ -87,7 +89,7 @@ def cli_evaluate(args: argparse.Namespace) -> dict:
     print(json.dumps(summary, indent=1))
     return metrics
 
-# %% ../notebooks/12_cli.ipynb #442a6db5
+# %% ../notebooks/12_cli.ipynb #71da0b5b
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
 
@@ -128,7 +130,7 @@ def image_paths(inputs: list[str], root: str | None = None) -> list[Path]:
             raise FileNotFoundError(f"predict: no such image or directory: {item}")
     return paths
 
-# %% ../notebooks/12_cli.ipynb #8064e8dd
+# %% ../notebooks/12_cli.ipynb #43a23788
 @torch.inference_mode()
 def cli_predict(args: argparse.Namespace) -> list[dict]:
     """`p2s predict`: one picture and one JSON line per readable image; unreadable ones are named and skipped."""
@@ -161,7 +163,7 @@ def cli_predict(args: argparse.Namespace) -> list[dict]:
                                f"{len(paths) - len(failed)} were drawn in {out}): " + "; ".join(failed))
     return results
 
-# %% ../notebooks/12_cli.ipynb #850a0552
+# %% ../notebooks/12_cli.ipynb #d68573f5
 def first_label(prediction: dict) -> dict:
     """Only the likeliest class of each object (a picture shows one label per box)."""
     boxes, keep = prediction["boxes"], []
@@ -199,7 +201,7 @@ def cli_demo(args: argparse.Namespace) -> dict:
     print(json.dumps(summary, indent=1))
     return summary
 
-# %% ../notebooks/12_cli.ipynb #9e63588c
+# %% ../notebooks/12_cli.ipynb #1cb3ce6c
 def add_evaluation_arguments(p: argparse.ArgumentParser, name: str) -> None:
     """The flags `evaluate` and `predict` share: the checkpoint, the device, the decoding, the data."""
     p.add_argument("--checkpoint", required=True)

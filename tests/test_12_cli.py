@@ -99,7 +99,7 @@ def test_coco_json_data_trains_evaluates_and_predicts(trained, tmp_path, capsys)
     assert "give both --train-set and --val-set" in capsys.readouterr().err
 
 
-def test_bad_arguments_and_corrupt_checkpoint_give_clear_errors(synthetic_root, tmp_path, capsys):
+def test_bad_arguments_and_corrupt_checkpoint_give_clear_errors(synthetic_root, trained, tmp_path, capsys):
     assert main(["train", "--data-root", str(synthetic_root), "--preset", "huge"]) == 2
     assert "--preset must be one of" in capsys.readouterr().err
     assert main(["train", "--data-root", str(tmp_path / "nowhere")]) == 2
@@ -123,6 +123,9 @@ def test_bad_arguments_and_corrupt_checkpoint_give_clear_errors(synthetic_root, 
     assert main(["evaluate", "--checkpoint", str(bad), "--data-root", str(synthetic_root)]) == 2
     assert str(bad) in capsys.readouterr().err
     assert main(["predict", "--checkpoint", str(bad), str(tmp_path)]) == 2
+    assert main(["evaluate", "--checkpoint", str(trained["checkpoint"]), "--data-root", str(synthetic_root),
+                 "--max-images", "0"]) == 2
+    assert "--max-images must be >= 1, got 0" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train", "--epochs", "three"])
     assert main(["train", "--data-root", str(synthetic_root), "--resume", str(tmp_path / "missing.pt")]) == 2
