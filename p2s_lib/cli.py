@@ -5,7 +5,7 @@ __all__ = ['FLAGS', 'PAPER_DECODING', 'IMAGE_SUFFIXES', 'add_train_arguments', '
            'SomeInputsFailed', 'read_image_for_model', 'image_paths', 'cli_predict', 'first_label', 'cli_demo',
            'add_evaluation_arguments', 'build_parser', 'main']
 
-# %% ../notebooks/12_cli.ipynb #e0d4bfcd
+# %% ../notebooks/12_cli.ipynb #dfb9c4df
 import argparse
 import json
 import os
@@ -58,7 +58,7 @@ def cli_train(args: argparse.Namespace) -> dict:
         print(json.dumps(result, indent=1))
     return result
 
-# %% ../notebooks/12_cli.ipynb #48a680c0
+# %% ../notebooks/12_cli.ipynb #ba39b3e7
 PAPER_DECODING = {"top_p": 0.4, "refine_window": 0, "labels_per_object": 1}
 
 
@@ -89,7 +89,7 @@ def cli_evaluate(args: argparse.Namespace) -> dict:
     print(json.dumps(summary, indent=1))
     return metrics
 
-# %% ../notebooks/12_cli.ipynb #71da0b5b
+# %% ../notebooks/12_cli.ipynb #21447bd6
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
 
@@ -130,7 +130,7 @@ def image_paths(inputs: list[str], root: str | None = None) -> list[Path]:
             raise FileNotFoundError(f"predict: no such image or directory: {item}")
     return paths
 
-# %% ../notebooks/12_cli.ipynb #43a23788
+# %% ../notebooks/12_cli.ipynb #09a373a7
 @torch.inference_mode()
 def cli_predict(args: argparse.Namespace) -> list[dict]:
     """`p2s predict`: one picture and one JSON line per readable image; unreadable ones are named and skipped."""
@@ -163,7 +163,7 @@ def cli_predict(args: argparse.Namespace) -> list[dict]:
                                f"{len(paths) - len(failed)} were drawn in {out}): " + "; ".join(failed))
     return results
 
-# %% ../notebooks/12_cli.ipynb #d68573f5
+# %% ../notebooks/12_cli.ipynb #ec62627c
 def first_label(prediction: dict) -> dict:
     """Only the likeliest class of each object (a picture shows one label per box)."""
     boxes, keep = prediction["boxes"], []
@@ -201,7 +201,7 @@ def cli_demo(args: argparse.Namespace) -> dict:
     print(json.dumps(summary, indent=1))
     return summary
 
-# %% ../notebooks/12_cli.ipynb #1cb3ce6c
+# %% ../notebooks/12_cli.ipynb #ea1824e5
 def add_evaluation_arguments(p: argparse.ArgumentParser, name: str) -> None:
     """The flags `evaluate` and `predict` share: the checkpoint, the device, the decoding, the data."""
     p.add_argument("--checkpoint", required=True)
