@@ -5,7 +5,7 @@ __all__ = ['FLAGS', 'PAPER_DECODING', 'IMAGE_SUFFIXES', 'add_train_arguments', '
            'SomeInputsFailed', 'read_image_for_model', 'image_paths', 'cli_predict', 'first_label', 'cli_demo',
            'add_evaluation_arguments', 'build_parser', 'main']
 
-# %% ../notebooks/12_cli.ipynb #dfb9c4df
+# %% ../notebooks/12_cli.ipynb #ae042b3e
 import argparse
 import json
 import os
@@ -58,7 +58,7 @@ def cli_train(args: argparse.Namespace) -> dict:
         print(json.dumps(result, indent=1))
     return result
 
-# %% ../notebooks/12_cli.ipynb #ba39b3e7
+# %% ../notebooks/12_cli.ipynb #85cc096f
 PAPER_DECODING = {"top_p": 0.4, "refine_window": 0, "labels_per_object": 1}
 
 
@@ -89,7 +89,7 @@ def cli_evaluate(args: argparse.Namespace) -> dict:
     print(json.dumps(summary, indent=1))
     return metrics
 
-# %% ../notebooks/12_cli.ipynb #21447bd6
+# %% ../notebooks/12_cli.ipynb #19c486a5
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
 
@@ -130,7 +130,7 @@ def image_paths(inputs: list[str], root: str | None = None) -> list[Path]:
             raise FileNotFoundError(f"predict: no such image or directory: {item}")
     return paths
 
-# %% ../notebooks/12_cli.ipynb #09a373a7
+# %% ../notebooks/12_cli.ipynb #16366af0
 @torch.inference_mode()
 def cli_predict(args: argparse.Namespace) -> list[dict]:
     """`p2s predict`: one picture and one JSON line per readable image; unreadable ones are named and skipped."""
@@ -163,14 +163,11 @@ def cli_predict(args: argparse.Namespace) -> list[dict]:
                                f"{len(paths) - len(failed)} were drawn in {out}): " + "; ".join(failed))
     return results
 
-# %% ../notebooks/12_cli.ipynb #ec62627c
-def first_label(prediction: dict) -> dict:
-    """Only the likeliest class of each object (a picture shows one label per box)."""
-    boxes, keep = prediction["boxes"], []
-    for i in range(len(boxes)):
-        if not any(torch.equal(boxes[i], boxes[j]) for j in keep):
-            keep.append(i)
-    return {k: v[keep] for k, v in prediction.items()}
+# %% ../notebooks/12_cli.ipynb #81cb7990
+def first_label(prediction: dict, labels_per_object: int) -> dict:
+    """Only each object's likeliest class (a picture shows one label per box): `predict` lists an object's
+    `labels_per_object` detections together, likeliest first."""
+    return {k: v[::labels_per_object] for k, v in prediction.items()}
 
 
 def cli_demo(args: argparse.Namespace) -> dict:
@@ -189,11 +186,13 @@ def cli_demo(args: argparse.Namespace) -> dict:
         dist.barrier()  # rank 0 has written best.pt
     model, info = load_model(out / "best.pt")
     test = build_dataset(root, "2007", "test", info["class_names"], make_transforms(False, model.image_size))
-    metrics, preds, _ = evaluate_model(model.eval(), test, **decoding_settings(info, args))  # as the run decoded
+    decoding = decoding_settings(info, args)  # as the run's evaluations decoded
+    metrics, preds, _ = evaluate_model(model.eval(), test, **decoding)
     if rank != 0:
         return {}
     raw = VOCDataset(root, year="2007", image_set="test", classes=info["class_names"])
-    tiles = [draw_detections(raw[i][0], first_label(preds[i]), info["class_names"]) for i in range(min(12, len(raw)))]
+    tiles = [draw_detections(raw[i][0], first_label(preds[i], decoding["labels_per_object"]), info["class_names"])
+             for i in range(min(12, len(raw)))]
     save_png(tile_images(tiles), out / "predictions.png")
     summary = {"test_map_50": round(metrics["map_50"], 4), "test_map": round(metrics["map"], 4),
                "test_voc_map_50": round(metrics["voc_map_50"], 4), "checkpoint": str(out / "best.pt"),
@@ -201,7 +200,7 @@ def cli_demo(args: argparse.Namespace) -> dict:
     print(json.dumps(summary, indent=1))
     return summary
 
-# %% ../notebooks/12_cli.ipynb #ea1824e5
+# %% ../notebooks/12_cli.ipynb #f21adedf
 def add_evaluation_arguments(p: argparse.ArgumentParser, name: str) -> None:
     """The flags `evaluate` and `predict` share: the checkpoint, the device, the decoding, the data."""
     p.add_argument("--checkpoint", required=True)

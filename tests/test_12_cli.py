@@ -172,3 +172,15 @@ def test_demo_under_torchrun_reports_once(synthetic_root, tmp_path):
     assert done.stdout.count('"test_map_50"') == 1                   # rank 0 alone reports
     summary = json.loads(done.stdout[done.stdout.rindex("{\n"):])
     assert 0.0 <= summary["test_map_50"] <= 1.0 and (out / "predictions.png").stat().st_size > 0
+
+
+def test_first_label_keeps_each_objects_likeliest_class():
+    import torch
+    from p2s_lib.cli import first_label
+    from p2s_lib.inference import postprocess
+    from p2s_lib.tokenizer import Tokenizer
+    tok = Tokenizer(num_classes=3, num_bins=16, max_objects=2)
+    tokens = tok.encode(torch.tensor([[0.1, 0.1, 0.5, 0.5], [0.2, 0.3, 0.9, 0.8]]), torch.tensor([0, 2]))[None]
+    probs = torch.tensor([[[0.2, 0.5, 0.3], [0.1, 0.3, 0.6]]])
+    one, three = (postprocess(tokens[:, 1:], probs, tok, None, k)[0] for k in (1, 3))
+    assert all(torch.equal(first_label(three, 3)[key], one[key]) for key in one)
