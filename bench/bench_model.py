@@ -107,7 +107,7 @@ def peak_rss_mb() -> float:
 def bench(name: str, batch: int, image_size: int, args, gen_stride: int) -> None:
     device, amp = args.device, args.amp
     torch.manual_seed(0)
-    model = Pix2Seq.from_preset(name, num_classes=20).to(device)   # the preset's own max_objects
+    model = Pix2Seq.from_preset(name, num_classes=20, pretrained=False).to(device)  # timing: no weights needed
     print(f"\n== {name}: {count_parameters(model) / 1e6:.2f}M parameters, {device}"
           f"{' bf16 autocast' if amp else ''}, image {image_size} px")
     if device == "cuda":
@@ -118,7 +118,7 @@ def bench(name: str, batch: int, image_size: int, args, gen_stride: int) -> None
     print(f"train step (batch {batch}, {model.tokenizer.max_seq_len - 1} input tokens): {step:.3f} s/step, "
           f"{batch / step:.1f} images/s, {mem}")
     if model.tokenizer.max_objects < NUM_OBJECTS:  # e.g. nano (10 objects): room for 100
-        model = Pix2Seq.from_preset(name, num_classes=20, max_objects=NUM_OBJECTS).to(device)
+        model = Pix2Seq.from_preset(name, num_classes=20, max_objects=NUM_OBJECTS, pretrained=False).to(device)
     cached, _ = generation_time(model, image_size, device, amp, cached=True)
     uncached, timed = generation_time(model, image_size, device, amp, cached=False, stride=gen_stride)
     note = "" if gen_stride == 1 else f" (estimated from {timed} of 501 prefix lengths, every {gen_stride}th)"

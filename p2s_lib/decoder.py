@@ -43,18 +43,20 @@ class MultiHeadAttention(nn.Module):
         k, v = self.kv_proj(x).chunk(2, dim=-1)
         return self.split_heads(k), self.split_heads(v)
 
-    def forward(self, x: Tensor, k: Tensor, v: Tensor, causal: bool = False,
-                return_attention: bool = False, bias: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    def forward(self, x: Tensor, k: Tensor, v: Tensor, causal: bool = False, return_attention: bool = False,
+                bias: Tensor | None = None, mask: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """Queries from x [B, T, d] attend to k, v [B, heads, S, head_dim] -> ([B, T, d], weights).
         `causal`: the T queries are the last T of the S positions. `bias` (float, broadcastable to
-        [B, heads, T, S]) is added to the scores; not together with `causal`. Weights [B, heads, T, S]
+        [B, heads, T, S]) is added to the scores; `mask` (bool [T, S], True: may attend) replaces
+        `causal`, for a cache's fixed-size buffers. At most one of the three. Weights [B, heads, T, S]
         are computed (explicit softmax) only when `return_attention`, else None."""
-        if causal and bias is not None:
-            raise ValueError("an attention bias is only supported without the causal mask")
+        if causal + (bias is not None) + (mask is not None) > 1:
+            raise ValueError("give at most one of causal, bias and mask")
         T, S = x.shape[1], k.shape[2]
         q = self.split_heads(self.q_proj(x))
         p = self.dropout if self.training else 0.0
-        mask = causal_mask(T, S, x.device) if causal and T > 1 else None
+        if causal:
+            mask = causal_mask(T, S, x.device) if T > 1 else None
         if return_attention:
             scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)
             if mask is not None:
@@ -65,7 +67,7 @@ class MultiHeadAttention(nn.Module):
             out = F.dropout(weights, p) @ v
         else:
             weights = None
-            if mask is not None and T == S:  # the usual square case: let SDPA build the mask
+            if causal and mask is not None and T == S:  # the usual square case: let SDPA build the mask
                 out = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
             else:
                 out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask if bias is None else bias.to(q.dtype),
@@ -75,28 +77,37 @@ class MultiHeadAttention(nn.Module):
 # %% ../notebooks/05_decoder.ipynb #0d06cb2d
 class KVCache:
     """What incremental decoding keeps per layer: the cross-attention keys/values of the image
-    (computed once) and the self-attention keys/values of every token seen so far (ch. 05)."""
+    (computed once) and the self-attention keys/values of every token seen so far (ch. 05).
+
+    Every buffer is allocated `max_len` long at the start and written by index, so no shape
+    changes from one step to the next: `torch.compile` compiles a decoding step once (chapter 08).
+    `position` (a tensor on the device) is the next position to write; `length` is the same count
+    kept on the host, for checks that must not wait for the device."""
     def __init__(self, cross_kv: list[tuple[Tensor, Tensor]], max_len: int):
         self.cross_kv, self.max_len, self.length = cross_kv, max_len, 0
-        self.self_kv: list[tuple[Tensor, Tensor] | None] = [None] * len(cross_kv)
-        self.tokens: Tensor | None = None  # the input tokens so far [B, max_len] (kept for the box prior)
+        k = cross_kv[0][0]
+        shape = (k.shape[0], k.shape[1], max_len, k.shape[3])                 # [B, heads, max_len, head_dim]
+        self.self_kv = [(k.new_zeros(shape), k.new_zeros(shape)) for _ in cross_kv]
+        self.position = torch.zeros((), dtype=torch.long, device=k.device)
+        self.tokens = torch.zeros(k.shape[0], max_len, dtype=torch.long, device=k.device)  # inputs, for the box prior
         self.grid: tuple[int, int] | None = None  # (h, w) of the image grid, for the box prior
 
     @property
     def batch_size(self) -> int:
         return self.cross_kv[0][0].shape[0]
 
-    def append(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Write k, v [B, heads, t, head_dim] at positions length .. length+t-1 of `layer`;
-        return that layer's keys/values for positions 0 .. length+t-1. (`length` itself is
-        advanced by the decoder once all layers are done.)"""
-        end = self.length + k.shape[2]
-        if self.self_kv[layer] is None:  # allocate lazily: dtype/device follow the first keys
-            shape = (*k.shape[:2], self.max_len, k.shape[3])
-            self.self_kv[layer] = (k.new_zeros(shape), v.new_zeros(shape))
+    def append(self, layer: int, k: Tensor, v: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """Write k, v [B, heads, t, head_dim] at `positions` [t] of `layer`; return that layer's whole
+        buffers [B, heads, max_len, head_dim]. Keys not written yet are zeros: the caller masks them."""
         K, V = self.self_kv[layer]
-        K[:, :, self.length:end], V[:, :, self.length:end] = k, v
-        return K[:, :, :end], V[:, :, :end]
+        K.index_copy_(2, positions, k.to(K.dtype))
+        V.index_copy_(2, positions, v.to(V.dtype))
+        return K, V
+
+    def key_mask(self, positions: Tensor) -> Tensor:
+        """Bool [t, max_len]: the query at each of `positions` may see the keys up to its own position."""
+        return torch.arange(self.max_len, device=positions.device)[None, :] <= positions[:, None]
+
 
 # %% ../notebooks/05_decoder.ipynb #52822c15
 class DecoderLayer(nn.Module):
@@ -111,13 +122,17 @@ class DecoderLayer(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, cross_kv: tuple[Tensor, Tensor], cache: KVCache | None = None,
-                index: int = 0, return_attention: bool = False, cross_bias: Tensor | None = None):
-        """x [B, T, d] -> (x, (self-attention weights, cross-attention weights))."""
+                index: int = 0, return_attention: bool = False, cross_bias: Tensor | None = None,
+                positions: Tensor | None = None):
+        """x [B, T, d] -> (x, (self-attention weights, cross-attention weights)). With a cache, the
+        T new tokens sit at `positions` and attend to every cached token up to their own."""
         h = self.norm1(x)
         k, v = self.self_attn.project_kv(h)
-        if cache is not None:
-            k, v = cache.append(index, k, v)
-        a, w_self = self.self_attn(h, k, v, causal=True, return_attention=return_attention)
+        if cache is None:
+            a, w_self = self.self_attn(h, k, v, causal=True, return_attention=return_attention)
+        else:
+            k, v = cache.append(index, k, v, positions)
+            a, w_self = self.self_attn(h, k, v, mask=cache.key_mask(positions), return_attention=return_attention)
         x = x + self.drop(a)
         a, w_cross = self.cross_attn(self.norm2(x), *cross_kv, return_attention=return_attention, bias=cross_bias)
         x = x + self.drop(a)
@@ -188,44 +203,56 @@ class Decoder(nn.Module):
         """tokens [B, T] -> logits [B, T, vocab]. Without cache: the whole sequence, causally,
         attending to memory [B, N, d]. With cache: tokens are only the NEW ones; their positions
         continue from `cache.length`; memory is not needed (its K/V are in the cache); the cache
-        is updated in place. `grid` is the memory's (h, w) for the box prior (None: square, or the
-        cache's). `return_attention=True` also returns
-        {"self": [per layer [B, heads, T, S]], "cross": [per layer [B, heads, T, N]]}."""
+        is updated in place (`step`). `grid` is the memory's (h, w) for the box prior (None: square,
+        or the cache's). `return_attention=True` also returns
+        {"self": [per layer [B, heads, T, S]], "cross": [per layer [B, heads, T, N]]}; with a cache S is max_len."""
         if tokens.ndim != 2:
             raise ValueError(f"expected tokens [B, T], got shape {tuple(tokens.shape)}")
         B, T = tokens.shape
         start = 0 if cache is None else cache.length
         if start + T > self.max_len:
             raise ValueError(f"sequence of {start + T} tokens exceeds max_len {self.max_len}")
-        if cache is None:
-            if memory is None:
-                raise ValueError("memory is required when no cache is given")
-            cross = [layer.cross_attn.project_kv(memory) for layer in self.layers]
-        else:
+        if cache is not None:
             if cache.batch_size != B:
                 raise ValueError(f"cache holds {cache.batch_size} sequences, tokens have {B}")
-            cross = cache.cross_kv
-        if grid is None and cache is not None:
-            grid = cache.grid
-        biases = self._box_prior_biases(tokens, cache, cross[0][0].shape[2], grid) if self.box_prior else None
-        pos = torch.arange(start, start + T, device=tokens.device)
-        x = self.drop(self.token_emb(tokens) + self.pos_emb(pos))
+            out = self.step(tokens, cache, return_attention, grid)
+            cache.length += T
+            return out
+        if memory is None:
+            raise ValueError("memory is required when no cache is given")
+        cross = [layer.cross_attn.project_kv(memory) for layer in self.layers]
+        return self._run(tokens, tokens, torch.arange(T, device=tokens.device), cross, None, return_attention, grid)
+
+    def step(self, tokens: Tensor, cache: KVCache, return_attention: bool = False,
+             grid: tuple[int, int] | None = None):
+        """The cached forward without the host-side checks: it reads and advances `cache.position` on the
+        device, and no shape depends on it, so `torch.compile` compiles it once (chapter 08)."""
+        positions = cache.position + torch.arange(tokens.shape[1], device=tokens.device)
+        cache.tokens.index_copy_(1, positions, tokens)  # a class step's box prior reads 3 tokens back
+        out = self._run(tokens, cache.tokens, positions, cache.cross_kv, cache, return_attention,
+                        cache.grid if grid is None else grid)
+        cache.position.add_(tokens.shape[1])
+        return out
+
+    def _run(self, tokens: Tensor, history: Tensor, positions: Tensor, cross: list, cache: KVCache | None,
+             return_attention: bool, grid: tuple[int, int] | None):
+        """The layers, for new `tokens` [B, T] at `positions` [T]; `history` [B, >= T]: every input so far."""
+        biases = self._box_prior_biases(history, positions, cross[0][0].shape[2], grid) if self.box_prior else None
+        x = self.drop(self.token_emb(tokens) + self.pos_emb(positions))
         attn = {"self": [], "cross": []}
         for i, layer in enumerate(self.layers):
             x, (w_self, w_cross) = layer(x, cross[i], cache, i, return_attention,
-                                         None if biases is None else biases[i])
+                                         None if biases is None else biases[i], positions)
             attn["self"].append(w_self)
             attn["cross"].append(w_cross)
-        if cache is not None:
-            cache.length += T
         logits = F.linear(self.norm(x), self.token_emb.weight, self.out_bias)
         return (logits, attn) if return_attention else logits
 
-    def _box_prior_biases(self, tokens: Tensor, cache: KVCache | None, num_cells: int,
-                          grid: tuple[int, int] | None) -> Tensor | None:
-        """Per-layer cross-attention biases [L, B, heads, T, N] of the box prior for the new `tokens`;
-        None when no new query gets one (BOS and class inputs; without the partial prior also the
-        coordinate steps): attention then stays plain, as in 4 of 5 steps of class-only cached decoding."""
+    def _box_prior_biases(self, history: Tensor, positions: Tensor, num_cells: int,
+                          grid: tuple[int, int] | None) -> Tensor:
+        """Per-layer cross-attention biases [L, B, heads, T, N] of the box prior for the queries at
+        `positions`; `history` [B, S] holds every input token so far. Queries that get no prior (BOS and
+        class inputs; without the partial prior also the coordinate steps) get gain 0: a zero bias."""
         if grid is None:
             side = math.isqrt(num_cells)
             if side * side != num_cells:
@@ -233,22 +260,12 @@ class Decoder(nn.Module):
             grid = (side, side)
         if grid[0] * grid[1] != num_cells:
             raise ValueError(f"grid {tuple(grid)} does not match {num_cells} memory tokens")
-        start = 0 if cache is None else cache.length
-        end = start + tokens.shape[1]
-        history = tokens
-        if cache is not None:  # keep every input token: a class step looks 3 tokens back
-            if cache.tokens is None:
-                cache.tokens = tokens.new_zeros(tokens.shape[0], cache.max_len)
-            cache.tokens[:, start:end] = tokens
-            history = cache.tokens[:, :end]
-        if not any(has_box_prior(p, self.partial_box_prior) for p in range(start, end)):
-            return None
-        bias = box_prior_bias(history, *self.box_prior, grid, start=start, partial=self.partial_box_prior)  # [B,T,N]
+        bias = box_prior_bias(history, *self.box_prior, grid, positions=positions, partial=self.partial_box_prior)
         L, H = len(self.layers), self.num_heads
         partial = (self.partial_box_prior_gain.view(3, L, H) if self.partial_box_prior
                    else self.box_prior_gain.new_zeros(3, L, H))
         gains = torch.cat([partial.new_zeros(1, L, H), partial, self.box_prior_gain.view(1, L, H)])  # by p % 5
-        gain = gains[torch.arange(start, end, device=tokens.device) % 5]                            # [T, L, H]
+        gain = gains[positions % 5]                                                                 # [T, L, H]
         return gain.permute(1, 2, 0)[:, None, :, :, None] * bias[None, :, None]
 
     @torch.no_grad()
@@ -275,28 +292,27 @@ def has_box_prior(position: int, partial: bool = False) -> bool:
 
 
 def box_prior_bias(tokens: Tensor, coord_offset: int, num_bins: int, grid: int | tuple[int, int],
-                   floor: float = 0.05, start: int = 0, partial: bool = False) -> Tensor:
-    """Cross-attention bias [B, T - start, h*w] for the queries at positions start .. T-1 of input
-    tokens [B, T] (BOS at position 0), `grid` = (h, w) or h = w.
+                   floor: float = 0.05, start: int = 0, partial: bool = False,
+                   positions: Tensor | None = None) -> Tensor:
+    """Cross-attention bias [B, n, h*w] for the n queries at positions start .. T-1 (or at the tensor
+    `positions`) of input tokens [B, T] (BOS at position 0), `grid` = (h, w) or h = w.
     A query at a class step (position p, p % 5 == 4) whose inputs p-3..p are coordinate tokens
     (ymin, xmin, ymax, xmax) gets log(coverage + floor) per cell, row-major; coverage is the
     fraction of the cell inside that box. `partial=True`: the coordinate steps (p % 5 = k in 1, 2, 3,
     inputs p-k+1..p the object's first k coordinates) get the same for the region those coordinates
     still allow: y from ymin, x from xmin, y up to ymax, the rest of the image beyond.
-    Every other query gets 0 (ch. 05)."""
+    Every other query gets 0. No Python branch depends on the positions, so a compiled decoding
+    step stays one graph (ch. 05)."""
     B, T = tokens.shape
     h, w = (grid, grid) if isinstance(grid, int) else grid
-    bias = torch.zeros(B, T - start, h * w, device=tokens.device)
-    pos = torch.tensor([p for p in range(start, T) if has_box_prior(p, partial)], dtype=torch.long,
-                       device=tokens.device)
-    if len(pos) == 0:
-        return bias
+    pos = torch.arange(start, T, device=tokens.device) if positions is None else positions
     step = pos % 5                                                        # coordinates read so far
+    applies = (step == 4) | ((step > 0) & partial)                        # has_box_prior, as a tensor
     corner = torch.arange(4, device=tokens.device)                        # ymin, xmin, ymax, xmax
-    known = corner < step[:, None]                                        # [n, 4]
+    known = (corner < step[:, None]) & applies[:, None]                   # [n, 4]
     where = (pos - step + 1)[:, None] + corner                            # positions of the object's corners
-    corners = tokens[:, where.clamp(max=T - 1)] - coord_offset            # [B, n, 4]
-    is_box = (((corners >= 0) & (corners < num_bins)) | ~known).all(dim=-1)
+    corners = tokens[:, where.clamp(0, T - 1)] - coord_offset             # [B, n, 4]
+    is_box = (((corners >= 0) & (corners < num_bins)) | ~known).all(dim=-1) & applies
     unknown = torch.tensor([0.0, 0.0, 1.0, 1.0], device=tokens.device)   # not yet written: the image edge
     values = torch.where(known, corners.clamp(0, num_bins - 1).float() / (num_bins - 1), unknown)
     y0, x0, y1, x1 = values.unbind(-1)
@@ -305,6 +321,5 @@ def box_prior_bias(tokens: Tensor, coord_offset: int, num_bins: int, grid: int |
         a, b = torch.minimum(a, b)[..., None], torch.maximum(a, b)[..., None]
         return (torch.minimum(b, lo + 1 / n) - torch.maximum(a, lo)).clamp(min=0) * n
     coverage = (overlap(y0, y1, h)[..., :, None] * overlap(x0, x1, w)[..., None, :]).flatten(-2)
-    bias[:, pos - start] = torch.where(is_box[..., None], torch.log(coverage + floor), 0.0)
-    return bias
+    return torch.where(is_box[..., None], torch.log(coverage + floor), 0.0)
 

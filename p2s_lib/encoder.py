@@ -2,14 +2,17 @@
 
 # %% auto #0
 __all__ = ['BACKBONES', 'IMAGENET_MEAN', 'IMAGENET_STD', 'sincos_1d', 'sincos_2d_position_embedding', 'ConvBNReLU', 'TinyCNN',
-           'build_backbone', 'ImageEncoder']
+           'imagenet_weights_file', 'load_imagenet_weights', 'build_backbone', 'ImageEncoder']
 
 # %% ../notebooks/04_encoder.ipynb #bd601f76
 import math
+import socket
+from pathlib import Path
 import torch
 import torch.nn as nn
 import torchvision
 from torch import Tensor
+
 
 # %% ../notebooks/04_encoder.ipynb #6679219e
 def sincos_1d(positions: Tensor, dim: int, temperature: float = 10000.0) -> Tensor:
@@ -60,9 +63,37 @@ _RESNETS = {  # name -> (torchvision weights enum, weights tag, output channels)
 }
 
 
+def imagenet_weights_file(name: str) -> Path:
+    """Where the torch hub cache keeps the ImageNet weights of backbone `name` (ch. 04)."""
+    enum_name, tag, _ = _RESNETS[name]
+    url = getattr(torchvision.models, enum_name)[tag].url
+    return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+
+
+def load_imagenet_weights(name: str, timeout_s: float = 60.0) -> dict:
+    """The ImageNet state dict of backbone `name`: from the hub cache, else downloaded into it;
+    a RuntimeError that names the file and the folder when neither works (ch. 04)."""
+    enum_name, tag, _ = _RESNETS[name]
+    weights, path = getattr(torchvision.models, enum_name)[tag], imagenet_weights_file(name)
+    if path.is_file():
+        return torch.load(path, map_location="cpu", weights_only=True)
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout_s)  # a silent network fails in a minute, not never
+    try:
+        return weights.get_state_dict(progress=True, check_hash=True)
+    except Exception as e:  # offline, proxy, truncated download ...
+        raise RuntimeError(
+            f"the ImageNet weights {enum_name}.{tag} for backbone {name!r} are not in the torch hub cache "
+            f"and could not be downloaded ({type(e).__name__}: {str(e)[:120]}). Put the file {path.name} "
+            f"(from {weights.url}) in {path.parent} (set TORCH_HOME to use another cache), "
+            f"or train without them (--no-pretrained, pretrained=False)") from None
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
 def build_backbone(name: str = "resnet50", pretrained: bool = False) -> tuple[nn.Module, int]:
     """CNN trunk without pooling/classifier -> (module, out_channels); `module.stride` is its total stride.
-    `pretrained=True` loads torchvision's ImageNet weights (download or torch hub cache) (ch. 04)."""
+    `pretrained=True` starts from torchvision's ImageNet weights (`load_imagenet_weights`) (ch. 04)."""
     if name == "tiny":
         if pretrained:
             raise ValueError("the 'tiny' backbone has no pretrained weights; use pretrained=False")
@@ -70,20 +101,14 @@ def build_backbone(name: str = "resnet50", pretrained: bool = False) -> tuple[nn
         return net, net.out_channels
     if name not in _RESNETS:
         raise ValueError(f"unknown backbone {name!r}; choose one of {BACKBONES}")
-    enum_name, tag, channels = _RESNETS[name]
-    weights = getattr(torchvision.models, enum_name)[tag] if pretrained else None
-    try:
-        net = getattr(torchvision.models, name)(weights=weights)
-    except Exception as e:  # offline, proxy, truncated file ...
-        cached = f"{torch.hub.get_dir()}/checkpoints/{weights.url.rsplit('/', 1)[-1]}"
-        raise RuntimeError(
-            f"could not download the ImageNet weights {enum_name}.{tag} for backbone {name!r} "
-            f"({type(e).__name__}: {e}). Use pretrained=False, or pre-populate the torch hub cache "
-            f"with that file ({cached})") from e
+    net = getattr(torchvision.models, name)(weights=None)
+    if pretrained:
+        net.load_state_dict(load_imagenet_weights(name))
     trunk = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool,
                           net.layer1, net.layer2, net.layer3, net.layer4)
     trunk.stride = 32
-    return trunk, channels
+    return trunk, _RESNETS[name][2]
+
 
 # %% ../notebooks/04_encoder.ipynb #6a3360ac
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -92,7 +117,7 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 class ImageEncoder(nn.Module):
     """Image [B,3,H,W] in [0,1] -> memory [B, h*w, d_model]: ImageNet normalization, CNN trunk,
     1x1 projection to d_model, LayerNorm (`memory_norm`), 2D sin-cos positions, pre-LN transformer
-    encoder layers (ch. 04)."""
+    encoder layers (ch. 04). `cache_positions(H, W)` keeps one input size's position codes."""
     def __init__(self, backbone: str = "resnet50", d_model: int = 256, num_layers: int = 6,
                  num_heads: int = 8, dim_feedforward: int = 1024, dropout: float = 0.1,
                  pretrained: bool = False, memory_norm: bool = True):
@@ -113,6 +138,14 @@ class ImageEncoder(nn.Module):
                                        batch_first=True, norm_first=True)
             for _ in range(num_layers)])
         self.norm = nn.LayerNorm(d_model) if num_layers else nn.Identity()
+        self.register_buffer("positions", torch.zeros(0, d_model), persistent=False)
+        self.positions_grid: tuple[int, int] | None = None
+
+    def cache_positions(self, height: int, width: int) -> None:
+        """Keep the position codes of a height x width input as a buffer (moved with the model),
+        so a forward at that size doesn't rebuild them on the CPU."""
+        self.positions_grid = self.grid_size(height, width)
+        self.positions = sincos_2d_position_embedding(*self.positions_grid, self.d_model).to(self.mean.device)
 
     def grid_size(self, height: int, width: int) -> tuple[int, int]:
         """Feature-grid (h, w) for an input of height x width pixels."""
@@ -128,7 +161,8 @@ class ImageEncoder(nn.Module):
         f = self.proj(self.features(images))                      # [B, d, h, w]
         _, d, h, w = f.shape
         x = self.proj_norm(f.flatten(2).transpose(1, 2))          # [B, h*w, d], row-major
-        x = self.dropout(x + sincos_2d_position_embedding(h, w, d).to(x))
+        pos = self.positions if self.positions_grid == (h, w) else sincos_2d_position_embedding(h, w, d)
+        x = self.dropout(x + pos.to(x))
         for layer in self.layers:
             x = layer(x)
         return self.norm(x)

@@ -27,13 +27,13 @@ PRESETS: dict[str, dict] = {
                  num_heads=4, dim_feedforward=384, dropout=0.0, image_size=128, num_bins=64,
                  max_objects=10, sincos_init=True, memory_norm=False, linear_init="torch", box_prior=True,
                  partial_box_prior=True),
-    # a middle size: ResNet-18 trunk, short encoder and decoder
-    "small": dict(backbone="resnet18", pretrained=False, d_model=256, encoder_layers=2, decoder_layers=4,
+    # a middle size: an ImageNet ResNet-18 trunk, short encoder and decoder
+    "small": dict(backbone="resnet18", pretrained=True, d_model=256, encoder_layers=2, decoder_layers=4,
                   num_heads=8, dim_feedforward=1024, dropout=0.1, image_size=384, num_bins=384,
                   max_objects=50, sincos_init=True, memory_norm=True, linear_init="gpt", box_prior=False,
                   partial_box_prior=False),
-    # the paper's R50 model (about 36.6M parameters)
-    "r50": dict(backbone="resnet50", pretrained=False, d_model=256, encoder_layers=6, decoder_layers=6,
+    # the paper's R50 model (about 36.6M parameters), from an ImageNet-pretrained trunk as every port starts
+    "r50": dict(backbone="resnet50", pretrained=True, d_model=256, encoder_layers=6, decoder_layers=6,
                 num_heads=8, dim_feedforward=1024, dropout=0.1, image_size=640, num_bins=1000,
                 max_objects=100, sincos_init=False, memory_norm=True, linear_init="gpt", box_prior=False,
                 partial_box_prior=False),
@@ -64,6 +64,7 @@ class Pix2Seq(nn.Module):
         if sincos_init:
             self.decoder.init_sincos_(self.tokenizer.coord_offset, self.tokenizer.num_bins)
         self.image_size = int(image_size)
+        self.encoder.cache_positions(self.image_size, self.image_size)
         dec_cfg = {k: v for k, v in dec.arguments.items() if k not in ("vocab_size", "max_len")}
         self.config = {"tokenizer": self.tokenizer.to_dict(), "encoder": dict(enc.arguments),
                        "decoder": dec_cfg, "image_size": self.image_size, "sincos_init": bool(sincos_init)}

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 import torchvision
 from hypothesis import given, settings, strategies as st
 
-from p2s_lib.encoder import (BACKBONES, ImageEncoder, TinyCNN, build_backbone, sincos_1d,
+from p2s_lib.encoder import (BACKBONES, ImageEncoder, TinyCNN, build_backbone, imagenet_weights_file, sincos_1d,
                              sincos_2d_position_embedding)
 
 
@@ -64,24 +64,42 @@ def test_build_backbone_bad_input():
     assert set(BACKBONES) == {"resnet50", "resnet18", "tiny"}
 
 
-def test_pretrained_offline_gives_clear_error(monkeypatch):
+@pytest.fixture
+def torch_home(tmp_path, monkeypatch):
+    """An empty torch hub cache of the test's own, and every download refused (as offline)."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     def offline(*args, **kwargs):
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
     monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
+    return tmp_path
+
+
+def test_pretrained_loads_from_the_hub_cache(torch_home):
+    """A weights file in $TORCH_HOME/hub/checkpoints is used, without any download."""
+    path = imagenet_weights_file("resnet18")
+    assert path == torch_home / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    reference = torchvision.models.resnet18()
+    path.parent.mkdir(parents=True)
+    torch.save(reference.state_dict(), path)
+    trunk, channels = build_backbone("resnet18", pretrained=True)
+    assert channels == 512 and torch.equal(trunk[0].weight, reference.conv1.weight)
+    assert torch.equal(trunk[7][1].conv2.weight, reference.layer4[1].conv2.weight)
+    encoder = ImageEncoder("resnet18", pretrained=True, num_layers=0)
+    assert torch.equal(encoder.backbone[0].weight, reference.conv1.weight)
+
+
+def test_pretrained_offline_names_the_file_and_folder(torch_home):
     with pytest.raises(RuntimeError) as info:
         build_backbone("resnet50", pretrained=True)
     msg = str(info.value)
-    assert "could not download" in msg and "pretrained=False" in msg and "torch hub cache" in msg
-    assert "resnet50-11ad3fa6.pth" in msg  # names the file to put in the cache
-    with pytest.raises(RuntimeError, match="pretrained=False"):
-        ImageEncoder("resnet18", pretrained=True)
+    assert "resnet50-11ad3fa6.pth" in msg and str(torch_home / "hub" / "checkpoints") in msg
+    assert "https://download.pytorch.org/models/resnet50-11ad3fa6.pth" in msg and "--no-pretrained" in msg
+    assert "URLError" in msg  # why the download failed
 
 
-def test_pretrained_uses_torchvision_weights(monkeypatch):
-    """With the download faked, the weights API's state dict ends up in the trunk."""
-    reference = torchvision.models.resnet18()
-    seen = []
-
+def test_pretrained_downloads_a_missing_file(torch_home, monkeypatch):
+    """Without the file, the weights API fetches it (here faked)."""
+    reference, seen = torchvision.models.resnet18(), []
     def fake_download(url, *args, **kwargs):
         seen.append(url)
         return reference.state_dict()
@@ -89,6 +107,18 @@ def test_pretrained_uses_torchvision_weights(monkeypatch):
     trunk, _ = build_backbone("resnet18", pretrained=True)
     assert seen == [torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url]
     assert torch.equal(trunk[0].weight, reference.conv1.weight)
+
+
+def test_position_codes_are_a_buffer_for_the_cached_size():
+    enc = ImageEncoder("tiny", d_model=32, num_layers=0, dropout=0.0).eval()
+    images = torch.rand(1, 3, 64, 96)
+    with torch.no_grad():
+        computed = enc(images)
+        enc.cache_positions(64, 96)
+        assert enc.positions_grid == (4, 6) and enc.positions.shape == (24, 32)
+        assert "positions" not in enc.state_dict()  # not stored in checkpoints
+        assert torch.equal(enc(images), computed)
+        assert enc(torch.rand(1, 3, 32, 32)).shape == (1, 4, 32)  # another size still works
 
 
 def test_encoder_shapes_and_layers():

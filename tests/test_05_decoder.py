@@ -50,17 +50,19 @@ def test_attention_bad_heads():
         MultiHeadAttention(30, 4)
 
 
-def test_kv_cache_append():
+def test_kv_cache_is_preallocated_and_written_by_index():
     mha = MultiHeadAttention(16, 2)
     cache = KVCache([mha.project_kv(torch.randn(3, 5, 16))], max_len=8)
-    assert cache.batch_size == 3 and cache.length == 0
+    assert cache.batch_size == 3 and cache.length == 0 and int(cache.position) == 0
     k1, v1 = mha.project_kv(torch.randn(3, 2, 16))
-    K, V = cache.append(0, k1, v1)
-    assert K.shape == (3, 2, 2, 8) and torch.equal(K, k1) and torch.equal(V, v1)
-    cache.length = 2
+    K, V = cache.append(0, k1, v1, torch.arange(2))
+    assert K.shape == (3, 2, 8, 8) and torch.equal(K[:, :, :2], k1) and torch.equal(V[:, :, :2], v1)
+    assert not K[:, :, 2:].any()
     k2, v2 = mha.project_kv(torch.randn(3, 1, 16))
-    K, V = cache.append(0, k2, v2)
-    assert K.shape == (3, 2, 3, 8) and torch.equal(K[:, :, 2:], k2) and torch.equal(K[:, :, :2], k1)
+    K2, _ = cache.append(0, k2, v2, torch.tensor([2]))
+    assert K2.data_ptr() == K.data_ptr()  # the same buffer: no shape ever changes
+    assert torch.equal(K2[:, :, 2:3], k2) and torch.equal(K2[:, :, :2], k1)
+    assert cache.key_mask(torch.tensor([2])).tolist() == [[True] * 3 + [False] * 5]
 
 
 def test_decoder_layer_shapes():

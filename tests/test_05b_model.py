@@ -22,7 +22,8 @@ def nano() -> Pix2Seq:
 def test_presets_have_the_same_fields():
     assert set(PRESETS) == {"nano", "small", "r50"}
     assert len({frozenset(p) for p in PRESETS.values()}) == 1
-    assert all(p["pretrained"] is False for p in PRESETS.values())
+    # the paper's trunks start from ImageNet (as every port does); the tiny CPU trunk has no such weights
+    assert {name: p["pretrained"] for name, p in PRESETS.items()} == {"nano": False, "small": True, "r50": True}
 
 
 def test_nano_matches_the_cpu_prototype(nano):
@@ -36,7 +37,7 @@ def test_nano_matches_the_cpu_prototype(nano):
     assert nano.config["encoder"]["memory_norm"] is False and nano.config["decoder"]["linear_init"] == "torch"
     assert nano.decoder.box_prior == (tok.coord_offset, tok.num_bins)  # the class step's box prior (ch. 05)
     assert nano.decoder.partial_box_prior and nano.config["decoder"]["partial_box_prior"] is True  # section 8b
-    assert Pix2Seq.from_preset("small", 20).decoder.box_prior is None
+    assert Pix2Seq.from_preset("small", 20, pretrained=False).decoder.box_prior is None
 
 
 def test_config_without_partial_box_prior_still_loads(nano):
@@ -70,7 +71,7 @@ def test_forward_shapes(nano):
 
 
 def test_r50_parameter_count_matches_paper():
-    model = Pix2Seq.from_preset("r50", num_classes=80)  # COCO; pretrained=False: nothing downloaded
+    model = Pix2Seq.from_preset("r50", num_classes=80, pretrained=False)  # COCO; nothing downloaded
     n = count_parameters(model)
     assert abs(n - 36.6e6) / 36.6e6 < 0.10, n
     assert model.tokenizer.num_bins == 1000 and model.tokenizer.max_objects == 100 and model.image_size == 640
@@ -78,7 +79,7 @@ def test_r50_parameter_count_matches_paper():
 
 
 def test_small_preset_runs():
-    model = Pix2Seq.from_preset("small", num_classes=20).eval()
+    model = Pix2Seq.from_preset("small", num_classes=20, pretrained=False).eval()
     assert len(model.encoder.layers) == 2 and len(model.decoder.layers) == 4
     with torch.no_grad():
         logits = model(torch.rand(1, 3, 96, 96), torch.tensor([[1, 5, 30]]))
@@ -122,15 +123,16 @@ def test_config_round_trip(nano):
         assert torch.equal(rebuilt(images, tokens), nano(images, tokens))
 
 
-def test_from_config_does_not_download(monkeypatch):
+def test_from_config_does_not_download(monkeypatch, tmp_path):
     def offline(*a, **k):
         raise urllib.error.URLError("offline")
     monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
-    cfg = copy.deepcopy(Pix2Seq.from_preset("small", num_classes=2).config)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty hub cache
+    cfg = copy.deepcopy(Pix2Seq.from_preset("small", num_classes=2, pretrained=False).config)
     cfg["encoder"]["pretrained"] = True  # as saved by a run that started from ImageNet weights
     model = Pix2Seq.from_config(cfg)     # weights will come from the checkpoint: no download
     assert model.config["encoder"]["backbone"] == "resnet18"
-    with pytest.raises(RuntimeError, match="pretrained=False"):
+    with pytest.raises(RuntimeError, match="--no-pretrained"):
         Pix2Seq.from_config(cfg, pretrained=True)
 
 
