@@ -6,8 +6,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from p2s_lib.inference import (allowed_tokens, generate, postprocess, predict, recall_at_iou, refine_bin,
-                               top_k_top_p_filter)
+from p2s_lib.inference import (allowed_tokens, amp_dtype, compiled_decoder_step, generate, hash_uniform, postprocess,
+                               predict, recall_at_iou, refine_bin, sample_tokens, top_k_top_p_filter)
 from p2s_lib.augment import one_thread
 from p2s_lib.model import Pix2Seq
 
@@ -154,6 +154,68 @@ def test_generate_on_cuda_with_bf16_autocast(model, images):
     assert all(((p["boxes"] >= 0) & (p["boxes"] <= 64)).all() for p in preds)
 
 
+# ---------------------------------------------------------------- per-image sampling, autocast, compile
+def test_hash_uniform_is_uniform_and_distinct():
+    u = hash_uniform(torch.arange(200_000))
+    assert 0 < u.min() and u.max() < 1 and abs(u.mean().item() - 0.5) < 0.005
+    counts = torch.histc(u, bins=10, min=0, max=1)
+    assert (counts - 20_000).abs().max() < 600                          # ~4 standard deviations
+    assert torch.corrcoef(torch.stack([u[:-1], u[1:]]))[0, 1].abs() < 0.01  # neighbouring keys look independent
+
+
+@given(st.lists(st.floats(0.0, 1.0), min_size=2, max_size=6).filter(lambda p: sum(p) > 0.1),
+       st.integers(0, 2 ** 40), st.integers(0, 500))
+@settings(max_examples=30, deadline=None)
+def test_sample_tokens_only_draws_possible_tokens_and_ignores_the_batch(p, seed, step):
+    probs = torch.tensor(p)[None].repeat(3, 1)
+    seeds = torch.tensor([seed, seed + 1, seed + 2])
+    drawn = sample_tokens(probs, seeds, step)
+    assert (probs[0][drawn] > 0).all()
+    assert drawn[1] == sample_tokens(probs[:1], seeds[1:2], step)[0]
+
+
+def test_sample_tokens_follows_the_distribution():
+    p = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    drawn = sample_tokens(p[None].repeat(40_000, 1), torch.arange(40_000), step=7)
+    freq = torch.bincount(drawn, minlength=4) / 40_000
+    assert (freq - p).abs().max() < 0.01
+
+
+def test_seeded_generation_does_not_depend_on_the_batch(model, images):
+    seeds = torch.tensor([11, 12, 13])
+    together = generate(model, images, seeds=seeds)["tokens"]
+    for i in range(3):
+        assert torch.equal(generate(model, images[i:i + 1], seeds=seeds[i:i + 1])["tokens"][0], together[i])
+    assert not torch.equal(generate(model, images, seeds=seeds + 100)["tokens"], together)
+    with pytest.raises(ValueError, match="one int64 per image"):
+        generate(model, images, seeds=torch.arange(2))
+
+
+def test_amp_dtype_choices():
+    cpu = torch.device("cpu")
+    assert amp_dtype(cpu) is None and amp_dtype(cpu, False) is None and amp_dtype(cpu, True) == torch.bfloat16
+
+
+def test_generate_under_cpu_bf16_autocast(model, images):
+    """The mixed-precision path (bf16 cache buffers, float logits) runs on a CPU, not only on a GPU."""
+    out = generate(model, images, greedy=True, autocast=True, refine_window=1)
+    assert out["class_probs"].dtype == torch.float32 and out["coord_bins"].dtype == torch.float32
+    full = generate(model, images, greedy=True)["tokens"]
+    assert (out["tokens"] == full).float().mean() > 0.8  # bf16 rounding may flip a near tie
+
+
+def test_compiled_decoding_gives_the_eager_tokens_and_compiles_once(model, images):
+    from torch._dynamo.utils import counters
+    torch._dynamo.reset()
+    counters.clear()
+    eager = generate(model, images, max_objects=4, greedy=True)
+    compiled = generate(model, images, max_objects=4, greedy=True, compile=True)
+    assert torch.equal(compiled["tokens"], eager["tokens"])
+    torch.testing.assert_close(compiled["class_probs"], eager["class_probs"], atol=1e-5, rtol=1e-4)
+    assert counters["stats"]["unique_graphs"] == 1  # one graph for all 21 steps: no recompilation per step
+    assert compiled_decoder_step() is compiled_decoder_step()
+
+
 def uncached_greedy(model, images, n_obj, slot_mask=True):
     """Reference: re-run the full model (encoder included) on the whole prefix at every step."""
     tok = model.tokenizer
@@ -220,17 +282,17 @@ class EOSAtStep(torch.nn.Module):
 
     def __init__(self, decoder, ends, eos_id):
         super().__init__()
-        self.decoder, self.ends, self.eos_id, self.step = decoder, ends, eos_id, 0
+        self.decoder, self.ends, self.eos_id, self.count = decoder, ends, eos_id, 0
 
     def new_cache(self, memory, grid=None):
-        self.step = 0
+        self.count = 0
         return self.decoder.new_cache(memory, grid)
 
-    def forward(self, tokens, memory, cache=None, grid=None):
-        logits = self.decoder(tokens, memory, cache=cache, grid=grid).clone()
+    def step(self, tokens, cache):
+        logits = self.decoder.step(tokens, cache).clone()
         for b, end in enumerate(self.ends):  # EOS exactly at `end`, never before (whatever the weights say)
-            logits[b, -1, self.eos_id] = 1e4 if end == self.step else -1e4
-        self.step += 1
+            logits[b, -1, self.eos_id] = 1e4 if end == self.count else -1e4
+        self.count += 1
         return logits
 
 
