@@ -32,12 +32,11 @@ def throughput(root: Path, out: Path, steps: int = 30, warmup: int = 5, batch_si
     """Training images/s of `nano` (128 px, real data loading and sequence augmentation), all ranks together."""
     trainer = Trainer(synthetic_config(root, out, epochs=1, max_minutes=None, batch_size=batch_size))
     trainer.sampler.set_epoch(0)
-    loader = iter(torch.utils.data.DataLoader(trainer.train_data, batch_size=batch_size, sampler=trainer.sampler,
-                                              collate_fn=collate_fn, num_workers=0, drop_last=True))
+    loader = iter(trainer.loader)
     for i in range(warmup + steps):
         if i == warmup:
             tick = time.perf_counter()
-        trainer.train_step(*next(loader))
+        trainer.train_step(next(loader))
     return steps * batch_size * trainer.world_size / (time.perf_counter() - tick)
 
 

@@ -3,9 +3,10 @@
 # %% auto #0
 __all__ = ['LOG_FIELDS', 'TrainConfig', 'is_coco', 'validate_config', 'config_table', 'coco_files', 'resolve_classes',
            'build_dataset', 'split_files', 'most_objects', 'set_transforms', 'resolve_splits', 'check_sets',
-           'SeededTransforms', 'EpochSampler', 'WarmupLinearDecay', 'setup_distributed', 'all_ranks_agree',
-           'broadcast_from_main', 'gather_lists', 'summary_metrics', 'evaluate_model', 'TrainingDiverged', 'Trainer',
-           'load_training_state', 'plot_history', 'draw_detections', 'tile_images', 'save_png']
+           'SeededTransforms', 'EpochSampler', 'TrainingCollate', 'WarmupLinearDecay', 'setup_distributed',
+           'all_ranks_agree', 'broadcast_from_main', 'gather_lists', 'summary_metrics', 'evaluate_model',
+           'TrainingDiverged', 'Trainer', 'load_training_state', 'plot_history', 'draw_detections', 'tile_images',
+           'save_png']
 
 # %% ../notebooks/10_train_voc.ipynb #20691416
 import csv
@@ -25,7 +26,7 @@ from .coco import COCODataset, coco_classes
 from .model import Pix2Seq, load_model, save_model
 from .augment import build_batch
 from .loss import weighted_cross_entropy
-from .inference import predict
+from .inference import amp_dtype, predict
 from .metrics import evaluate
 
 # %% ../notebooks/10_train_voc.ipynb #b06eb8ae
@@ -42,6 +43,7 @@ class TrainConfig:
     val_set: str | None = None         # None: val beside train, else test
     classes: str = "infer"             # "infer" (from the annotations), "voc", "synthetic", or "a,b,c"
     preset: str = "nano"
+    pretrained: bool | None = None     # start the trunk from ImageNet weights; None: the preset's (r50, small: yes)
     image_size: int | None = None      # None: the preset's size
     dropout: float | None = None       # None: the preset's dropout
     max_objects: int | None = None     # None: the preset's objects per sequence (real + noise; more real ones are cut)
@@ -50,6 +52,7 @@ class TrainConfig:
     max_minutes: float | None = None   # wall-clock budget for the whole run, evaluation included
     batch_size: int = 8
     lr: float = 3e-4
+    backbone_lr_frac: float = 1.0      # the CNN trunk's lr is lr x this (DETR-style fine-tuning: 0.1)
     weight_decay: float = 0.05
     beta2: float = 0.95
     warmup_frac: float = 0.05
@@ -66,6 +69,7 @@ class TrainConfig:
     transpose: float = 0.0
     color_jitter: float = 0.0          # brightness/contrast/saturation strength (hue a quarter of it)
     eval_every: int = 1                # epochs
+    log_every: int = 10                # steps between loss logs, the only host syncs of the training loop
     eval_images: int | None = 500      # cap on validation images per evaluation (None: all)
     top_p: float = 0.4
     labels_per_object: int = 1         # at evaluation: detections per object, its likeliest classes
@@ -75,7 +79,7 @@ class TrainConfig:
     cache_images: bool = False         # keep decoded training images in memory (small sets)
     out: str = "runs/p2s"
     seed: int = 0
-    amp: bool = True                   # bf16 autocast on CUDA
+    amp: bool | None = None            # mixed precision: None on CUDA only (bf16, else fp16 + GradScaler); True: CPU too (bf16)
     compile: bool = False
     device: str = "auto"
     stop_after_steps: int | None = None  # stop (and checkpoint) early, as if interrupted
@@ -110,6 +114,8 @@ def validate_config(cfg: TrainConfig) -> None:
               (cfg.epochs is not None or cfg.max_minutes is not None,
                "give --epochs or --max-minutes (or a --recipe that sets one): how long should the run be?"),
               (cfg.batch_size >= 1, f"--batch-size must be >= 1, got {cfg.batch_size}"),
+              (cfg.log_every >= 1, f"--log-every must be >= 1 step, got {cfg.log_every}"),
+              (cfg.backbone_lr_frac > 0, f"--backbone-lr-frac must be > 0, got {cfg.backbone_lr_frac}"),
               (cfg.lr > 0, f"--lr must be > 0, got {cfg.lr}"),
               (0 < cfg.decay_frac <= 1, f"--decay-frac must be in (0, 1], got {cfg.decay_frac}"),
               *[(0 <= p <= 1, f"--{name} is a probability, got {p}")
@@ -229,7 +235,8 @@ class SeededTransforms(Dataset):
     That makes a run reproducible whatever the number of workers, and lets `--resume`
     continue mid-epoch exactly. The global RNG is forked, so dropout's stream is untouched.
     `cache=True` keeps each decoded sample in memory after its first read (the transforms never write
-    into it): for sets that fit in RAM; each loader worker holds its own copy."""
+    into it): for sets that fit in RAM; each loader worker holds its own copy. An index may be an
+    (epoch, index) pair, as `EpochSampler` yields; the target then carries it as "sample"."""
 
     def __init__(self, dataset: Dataset, transforms, seed: int, cache: bool = False):
         self.dataset, self.transforms, self.seed, self.epoch = dataset, transforms, seed, 0
@@ -238,7 +245,8 @@ class SeededTransforms(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, key: int | tuple[int, int]):
+        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
         if self.cache is None:
             image, target = self.dataset[index]
         else:
@@ -246,12 +254,14 @@ class SeededTransforms(Dataset):
                 self.cache[index] = self.dataset[index]
             image, target = self.cache[index]
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed * 1_000_003 + self.epoch * 100_003 + index)
-            return self.transforms(image, target)
+            torch.manual_seed(self.seed * 1_000_003 + epoch * 100_003 + index)
+            image, target = self.transforms(image, target)
+        return image, {**target, "sample": (epoch, index)}
 
 
 class EpochSampler(torch.utils.data.Sampler):
-    """Shuffles by (seed, epoch), shards across DDP ranks like DistributedSampler, and can start mid-epoch."""
+    """Shuffles by (seed, epoch), shards across DDP ranks like DistributedSampler, and can start mid-epoch.
+    Yields (epoch, index) pairs: persistent loader workers learn the epoch from the index itself."""
 
     def __init__(self, size: int, seed: int, rank: int = 0, world_size: int = 1):
         self.size, self.seed, self.rank, self.world_size = size, seed, rank, world_size
@@ -266,10 +276,28 @@ class EpochSampler(torch.utils.data.Sampler):
         g = torch.Generator().manual_seed(self.seed * 7919 + self.epoch)
         order = torch.randperm(self.size, generator=g).tolist()
         order += order[: self.per_rank * self.world_size - self.size]  # pad so every rank has as many
-        return iter(order[self.rank::self.world_size][self.start:])
+        return iter([(self.epoch, i) for i in order[self.rank::self.world_size][self.start:]])
 
     def __len__(self) -> int:
         return self.per_rank - self.start
+
+
+class TrainingCollate:
+    """Collate for training, run in the loader workers: stack the images and build the batch's
+    input tokens, targets and loss weights (chapter 07), seeded by the batch's (epoch, index) pairs.
+    Returns (images, targets, inputs, labels, weights)."""
+
+    def __init__(self, tokenizer, seed: int, order: str = "random", augment: bool = True, eos_weight: float = 0.1):
+        self.tokenizer, self.seed, self.order, self.augment, self.eos_weight = tokenizer, seed, order, augment, eos_weight
+
+    def __call__(self, batch: list) -> tuple:
+        images, targets = collate_fn(batch)
+        keys = tuple(k for t in targets for k in t["sample"])     # ints: hash() is the same in every process
+        g = torch.Generator().manual_seed(hash((self.seed, *keys)) & (2 ** 63 - 1))
+        sequences = build_batch(targets, self.tokenizer, order=self.order, augment=self.augment,
+                                eos_weight=self.eos_weight, generator=g)
+        return (images, targets, *sequences)
+
 
 # %% ../notebooks/10_train_voc.ipynb #201cc71a
 class WarmupLinearDecay:
@@ -335,14 +363,15 @@ class WarmupLinearDecay:
         self._apply()
 
 # %% ../notebooks/10_train_voc.ipynb #fc05f65c
-def setup_distributed() -> tuple[int, int]:
-    """(rank, world_size); joins the process group when launched by `torchrun`."""
+def setup_distributed(device: torch.device | str = "cpu") -> tuple[int, int]:
+    """(rank, world_size); joins the process group when launched by `torchrun`. The backend follows the
+    device the run trains on: NCCL for CUDA (each process on GPU LOCAL_RANK), gloo for the CPU."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
-        if torch.cuda.is_available():
+        cuda = torch.device(device).type == "cuda"
+        if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if cuda else "gloo")
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
 
@@ -384,24 +413,28 @@ def evaluate_model(model: Pix2Seq, dataset: Dataset, batch_size: int = 32, max_i
                    **generate_kwargs) -> tuple[dict, list, list]:
     """mAP by real autoregressive decoding (chapter 08) scored with chapter 09's `evaluate`.
 
-    Under DDP each rank decodes a shard; the results are gathered so every rank returns the same
-    metrics. Returns (metrics, predictions, targets) in dataset order; boxes in original pixels."""
+    Image i is sampled with its own seed (seed * 1_000_003 + i), so the result does not depend on the
+    batch size or the number of processes. Under DDP each rank decodes a shard; the results are gathered
+    so every rank returns the same metrics. Returns (metrics, predictions, targets) in dataset order;
+    boxes in original pixels."""
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     indices = list(range(len(dataset) if max_images is None else min(max_images, len(dataset))))
-    shard = Subset(dataset, indices[rank::world])
+    mine = indices[rank::world]
+    shard = Subset(dataset, mine)
     loader = DataLoader(shard, batch_size=batch_size, collate_fn=collate_fn, num_workers=num_workers,
                         generator=torch.Generator())  # leaves the global RNG (dropout) untouched
     device = next(model.parameters()).device
-    g = torch.Generator(device=device).manual_seed(seed + rank)
+    image_seeds = seed * 1_000_003 + torch.tensor(mine, dtype=torch.long)
     preds, targets = [], []
     for images, batch_targets in tqdm(loader, desc="evaluate", disable=not progress, leave=False):
         sizes = torch.stack([t["orig_size"] for t in batch_targets])
+        seeds = image_seeds[len(targets):len(targets) + len(batch_targets)]
         preds += [{k: v.cpu() for k, v in p.items()}
-                  for p in predict(model, images.to(device), sizes, top_p=top_p, generator=g, **generate_kwargs)]
+                  for p in predict(model, images.to(device), sizes, top_p=top_p, seeds=seeds, **generate_kwargs)]
         for t in batch_targets:
             targets.append({"boxes": t["boxes"] * t["orig_size"].max(), "labels": t["labels"],
                             "difficult": t["difficult"], "image_id": t["image_id"]})
-    order = gather_lists([i for i in indices[rank::world]])
+    order = gather_lists(mine)
     preds, targets = gather_lists(preds), gather_lists(targets)
     by_index = sorted(range(len(order)), key=order.__getitem__)
     preds, targets = [preds[i] for i in by_index], [targets[i] for i in by_index]
@@ -409,14 +442,14 @@ def evaluate_model(model: Pix2Seq, dataset: Dataset, batch_size: int = 32, max_i
 
 # %% ../notebooks/10_train_voc.ipynb #00bb63b5
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or inf; the last good state was saved first."""
+    """The loss became NaN or inf (checked every `log_every` steps); the last checkpoint predates it."""
 
 
 class Trainer:
-    """One training run: data, model, AdamW + warmup/decay, bf16 autocast, checkpoints, CSV log, mAP."""
+    """One training run: data, model, AdamW + warmup/decay, mixed precision, checkpoints, CSV log, mAP."""
 
     def __init__(self, cfg: TrainConfig, resume: str | Path | None = None):
-        self.rank, self.world_size = setup_distributed()
+        self.rank, self.world_size = setup_distributed(cfg.resolved_device())
         self.out = Path(cfg.out)
         state = load_training_state(resume) if resume else None
         if state is not None:  # the stored run's settings (its recipe too) win, except where and how long to run
@@ -430,8 +463,12 @@ class Trainer:
         validate_config(cfg)
         cfg = resolve_splits(cfg)
         self.device = cfg.resolved_device()
-        if self.device.type == "cuda" and self.world_size > 1:
-            self.device = torch.device("cuda", torch.cuda.current_device())
+        if self.device.type == "cuda":
+            if self.world_size > 1:
+                self.device = torch.device("cuda", torch.cuda.current_device())
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # TF32 matmuls
+        self.amp_dtype = amp_dtype(self.device, cfg.amp)                  # bf16, fp16 (older GPUs) or None
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         torch.manual_seed(cfg.seed)
         self.class_names = state["class_names"] if state else resolve_classes(
             cfg.classes, cfg.data_root, cfg.year, cfg.train_set)
@@ -451,7 +488,7 @@ class Trainer:
                                                          f"+ spare_slots ({cfg.spare_slots})"}
         self.cfg = cfg
         overrides = {k: v for k, v in (("image_size", cfg.image_size), ("dropout", cfg.dropout),
-                                       ("max_objects", cfg.max_objects)) if v is not None}
+                                       ("max_objects", cfg.max_objects), ("pretrained", cfg.pretrained)) if v is not None}
         self.model = (Pix2Seq.from_config(state["config"]) if state else
                       Pix2Seq.from_preset(cfg.preset, num_classes=len(self.class_names), **overrides)).to(
                           self.device, memory_format=torch.channels_last)  # faster convolutions, CPU and GPU
@@ -461,18 +498,26 @@ class Trainer:
         self.train_data = SeededTransforms(train_data, train_tf, cfg.seed, cache=cfg.cache_images)
         set_transforms(self.val_data, make_transforms(False, size))
         self.sampler = EpochSampler(len(self.train_data), cfg.seed, self.rank, self.world_size)
+        self.loader = DataLoader(self.train_data, batch_size=cfg.batch_size, sampler=self.sampler, drop_last=True,
+                                 collate_fn=TrainingCollate(self.tokenizer, cfg.seed, cfg.order,
+                                                            cfg.sequence_augmentation, cfg.eos_weight),
+                                 num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0,
+                                 pin_memory=self.device.type == "cuda", generator=torch.Generator())
         self.steps_per_epoch = max(1, self.sampler.per_rank // cfg.batch_size)
         self.max_steps = cfg.epochs * self.steps_per_epoch if cfg.epochs else math.inf
-        decay, no_decay = [], []
+        groups, split = {}, cfg.backbone_lr_frac != 1.0  # (own backbone group?, decayed?) -> parameters
         for name, p in self.model.named_parameters():
-            (no_decay if p.ndim < 2 or "embed" in name else decay).append(p)
-        self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            key = (split and name.startswith("encoder.backbone."), p.ndim >= 2 and "embed" not in name)
+            groups.setdefault(key, []).append(p)
+        self.optimizer = torch.optim.AdamW(  # group 0: the decayed transformer weights, at lr itself
+            [{"params": ps, "lr": cfg.lr * (cfg.backbone_lr_frac if backbone else 1.0),
+              "weight_decay": cfg.weight_decay if decayed else 0.0}
+             for (backbone, decayed), ps in sorted(groups.items(), key=lambda kv: (kv[0][0], not kv[0][1]))],
             lr=cfg.lr, betas=(0.9, cfg.beta2), fused=self.device.type in ("cuda", "cpu"))
         planned = self.max_steps if cfg.epochs else 10_000 * self.steps_per_epoch  # a budget re-sizes it at step 20
         self.schedule = WarmupLinearDecay(self.optimizer, planned, cfg.warmup_frac, cfg.final_lr_frac, cfg.decay_frac)
         self.step, self.best, self.history, self.train_seconds = 0, -1.0, [], 0.0
-        self.last_eval_step = -1
+        self.last_eval_step, self.saved_step = -1, None
         if state is None and self.is_main:  # a fresh run starts a fresh log
             (self.out / "log.csv").unlink(missing_ok=True)
         if state is not None:
@@ -480,11 +525,15 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
             self.schedule.load_state_dict(state["schedule"])
             self.step, self.best, self.history = state["step"], state["best"], state["history"]
-            self.train_seconds = state["train_seconds"]
+            self.train_seconds, self.saved_step = state["train_seconds"], state["step"]
+            if state.get("scaler"):  # an fp16 run's loss scale
+                self.scaler.load_state_dict(state["scaler"])
             if cfg.max_minutes is None and cfg.epochs:  # a longer or shorter run re-sizes the decay
                 self.schedule.resize(self.max_steps)
             if self.world_size == 1:
                 torch.set_rng_state(state["rng"])
+                if self.device.type == "cuda" and state.get("cuda_rng") is not None:
+                    torch.cuda.set_rng_state(state["cuda_rng"], self.device)
             else:
                 torch.manual_seed(cfg.seed + 1000 * self.rank + self.step)
         if self.is_main:
@@ -500,28 +549,32 @@ class Trainer:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def train_step(self, images: torch.Tensor, targets: list[dict]) -> float:
-        """One optimizer step on a batch; returns the loss. Raises TrainingDiverged on NaN/inf."""
-        g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.step * 101 + self.rank)
-        inputs, labels, weights = build_batch(targets, self.tokenizer, order=self.cfg.order,
-                                              augment=self.cfg.sequence_augmentation,
-                                              eos_weight=self.cfg.eos_weight, generator=g)
+    def train_step(self, batch: tuple) -> torch.Tensor:
+        """One optimizer step on a `TrainingCollate` batch; returns the loss as a device tensor, without
+        waiting for it (the host reads it every `log_every` steps)."""
+        images, _, inputs, labels, weights = batch
         images = images.to(self.device, non_blocking=True, memory_format=torch.channels_last)
         inputs, labels, weights = (t.to(self.device, non_blocking=True) for t in (inputs, labels, weights))
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp and self.device.type == "cuda"):
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16, enabled=self.amp_dtype is not None):
             logits = self.forward(images, inputs)
         loss = weighted_cross_entropy(logits.float(), labels, weights)
-        if not all_ranks_agree(bool(torch.isfinite(loss)), self.device):
-            path = self.save("last.pt")
-            raise TrainingDiverged(f"loss is {loss.item()} at step {self.step} (lr {self.lr:.2e}); "
-                                   f"the last good state is in {path}. Lower --lr or raise the warmup.")
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)                              # a no-op unless fp16
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.schedule.step()
         self.step += 1
-        return loss.item()
+        return loss.detach()
+
+    def check_finite(self, loss: float) -> None:
+        """Stop, naming the last checkpoint, when the logged loss is NaN or inf on any rank."""
+        if not all_ranks_agree(math.isfinite(loss), self.device):
+            saved = (f"the last checkpoint, {self.out / 'last.pt'} (step {self.saved_step}), predates it"
+                     if self.saved_step is not None else "no checkpoint was written before it")
+            raise TrainingDiverged(f"loss is {loss} by step {self.step} (lr {self.lr:.2e}); {saved}. "
+                                   f"Lower --lr or raise the warmup.")
 
     @property
     def lr(self) -> float:
@@ -565,30 +618,27 @@ class Trainer:
     def train_epoch(self, epoch: int, bar) -> bool:
         """Run (the rest of) one epoch. Returns True when the run must stop early."""
         cfg, spe = self.cfg, self.steps_per_epoch
-        self.sampler.set_epoch(epoch, start=(self.step - epoch * spe) * cfg.batch_size)
-        self.train_data.epoch = epoch
-        loader = DataLoader(self.train_data, batch_size=cfg.batch_size, sampler=self.sampler, drop_last=True,
-                            collate_fn=collate_fn, num_workers=cfg.num_workers, generator=torch.Generator(),
-                            pin_memory=self.device.type == "cuda", persistent_workers=False)
+        self.sampler.set_epoch(epoch, start=(self.step - epoch * spe) * cfg.batch_size)  # the workers persist
         self.model.train()
         tick, window = time.perf_counter(), []
-        for images, targets in loader:
-            window.append(self.train_step(images, targets))
+        for batch in self.loader:
+            window.append(self.train_step(batch))
             bar.update(1)
-            if self.step % 10 == 0 or self.step % spe == 0:
-                now = time.perf_counter()
+            if self.step % cfg.log_every == 0 or self.step % spe == 0:  # the only host syncs of the loop
+                loss, now = torch.stack(window).mean().item(), time.perf_counter()
+                self.check_finite(loss)
                 self.train_seconds += now - tick
                 speed = len(window) * cfg.batch_size * self.world_size / (now - tick)
-                self.log({"step": self.step, "epoch": round(self.step / spe, 3), "loss": sum(window) / len(window),
+                self.log({"step": self.step, "epoch": round(self.step / spe, 3), "loss": loss,
                           "lr": self.lr, "images_per_s": speed})
-                bar.set_postfix(loss=f"{sum(window) / len(window):.3f}", img_s=f"{speed:.0f}", lr=f"{self.lr:.1e}")
-                tick, window = now, []
-                if self.step == 20:
+                bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{speed:.0f}", lr=f"{self.lr:.1e}")
+                if self.step - len(window) < 20 <= self.step:  # the first throughput past step 20 sizes the run
                     self.fit_schedule_to_budget()
                     bar.total = self.schedule.total_steps
+                tick, window = now, []
+                if not all_ranks_agree(self.time_left() > self.eval_seconds, self.device):
+                    return True
             if cfg.stop_after_steps is not None and self.step >= cfg.stop_after_steps:
-                return True
-            if not all_ranks_agree(self.time_left() > self.eval_seconds, self.device):
                 return True
         self.train_seconds += time.perf_counter() - tick
         return False
@@ -614,7 +664,8 @@ class Trainer:
         metrics, _, _ = evaluate_model(self.model, self.val_data, batch_size=32, max_images=self.cfg.eval_images,
                                        top_p=self.cfg.top_p, seed=self.cfg.seed, delayed_eos=self.cfg.delayed_eos,
                                        labels_per_object=self.cfg.labels_per_object,
-                                       refine_window=self.cfg.refine_window)
+                                       refine_window=self.cfg.refine_window, autocast=self.cfg.amp,
+                                       compile=self.cfg.compile)
         self.eval_seconds, self.last_eval_step = time.perf_counter() - tick, self.step
         row = {"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 3),
                **{k: metrics[k] for k in ("map", "map_50", "voc_map_50")}}
@@ -629,11 +680,15 @@ class Trainer:
 
     def save(self, name: str, **extra) -> Path | None:
         """Atomically write a resumable checkpoint (rank 0 only)."""
+        if name == "last.pt":
+            self.saved_step = self.step
         if not self.is_main:
             return None
+        cuda_rng = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
         return save_model(self.model, self.out / name, class_names=self.class_names,
                           optimizer=self.optimizer.state_dict(), schedule=self.schedule.state_dict(),
-                          rng=torch.get_rng_state(), step=self.step, best=self.best, history=self.history,
+                          scaler=self.scaler.state_dict(), rng=torch.get_rng_state(), cuda_rng=cuda_rng,
+                          step=self.step, best=self.best, history=self.history,
                           train_seconds=self.train_seconds, train_config=asdict(self.cfg), **extra)
 
     def log(self, row: dict) -> None:

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from dataclasses import replace
+
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
@@ -84,9 +86,9 @@ def test_cached_seeded_transforms_read_each_image_once_and_give_the_same_samples
     raw = CountingDataset(VOCDataset(synthetic_root, "2007", "train", classes=list(SYNTHETIC_CLASSES)))
     cached, plain = SeededTransforms(raw, tf, seed=3, cache=True), SeededTransforms(raw.dataset, tf, seed=3)
     for epoch in range(3):  # later epochs transform the cached decode again: it must be left as read
-        cached.epoch = plain.epoch = epoch
         for i in range(len(raw)):
-            (a, ta), (b, tb) = cached[i], plain[i]
+            (a, ta), (b, tb) = cached[epoch, i], plain[epoch, i]
+            assert ta["sample"] == (epoch, i)
             assert torch.equal(a, b) and torch.equal(ta["boxes"], tb["boxes"]) and torch.equal(ta["labels"], tb["labels"])
     assert raw.reads == len(raw)
 
@@ -96,11 +98,13 @@ def test_epoch_sampler_shards_cover_the_epoch_and_resume_mid_epoch():
     for s in shards:
         s.set_epoch(1)
     a, b = list(shards[0]), list(shards[1])
+    assert {e for e, _ in a + b} == {1}  # each index carries its epoch, for loader workers that persist
+    a, b = [i for _, i in a], [i for _, i in b]
     assert sorted(a + b) == list(range(10)) and len(a) == len(b) == 5
     shards[0].set_epoch(1, start=2)
-    assert list(shards[0]) == a[2:]
+    assert [i for _, i in shards[0]] == a[2:]
     shards[0].set_epoch(2)
-    assert list(shards[0]) != a  # reshuffled every epoch
+    assert [i for _, i in shards[0]] != a  # reshuffled every epoch
 
 
 def test_resolve_classes():
@@ -153,11 +157,18 @@ def test_the_python_api_gets_the_command_lines_checks(synthetic_root, tmp_path):
         Trainer(tiny_config(synthetic_root, tmp_path, refine_window=-1))
 
 
-def test_nan_loss_stops_with_clear_message_after_saving(synthetic_root, tmp_path, monkeypatch):
+def test_nan_loss_stops_at_the_next_log_and_keeps_the_good_checkpoint(synthetic_root, tmp_path, monkeypatch):
+    cfg = tiny_config(synthetic_root, tmp_path, log_every=2)
+    Trainer(replace(cfg, epochs=1)).fit()
+    good = load_model(tmp_path / "last.pt")[1]["step"]
     monkeypatch.setattr(train_mod, "weighted_cross_entropy", lambda *a: torch.tensor(float("nan"), requires_grad=True))
-    with pytest.raises(TrainingDiverged, match="loss is nan at step 0"):
-        Trainer(tiny_config(synthetic_root, tmp_path)).fit()
-    assert (tmp_path / "last.pt").exists()
+    with pytest.raises(TrainingDiverged, match=rf"\(step {good}\), predates it") as info:
+        Trainer(cfg, resume=tmp_path / "last.pt").fit()
+    assert good < int(str(info.value).split("by step ")[1].split()[0]) <= good + 2  # found at the next log
+    model, state = load_model(tmp_path / "last.pt")
+    assert state["step"] == good and all(torch.isfinite(p).all() for p in model.parameters())  # not overwritten
+    with pytest.raises(TrainingDiverged, match="no checkpoint was written before it"):
+        Trainer(tiny_config(synthetic_root, tmp_path / "fresh", log_every=2)).fit()
 
 
 
