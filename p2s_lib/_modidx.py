@@ -289,6 +289,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'p2s_lib.train.WarmupLinearDecay.warmup_steps': ( 'train_voc.html#warmuplineardecay.warmup_steps',
                                                                                  'p2s_lib/train.py'),
                                'p2s_lib.train.all_ranks_agree': ('train_voc.html#all_ranks_agree', 'p2s_lib/train.py'),
+                               'p2s_lib.train.broadcast_buffers': ('train_voc.html#broadcast_buffers', 'p2s_lib/train.py'),
                                'p2s_lib.train.broadcast_from_main': ('train_voc.html#broadcast_from_main', 'p2s_lib/train.py'),
                                'p2s_lib.train.build_dataset': ('train_voc.html#build_dataset', 'p2s_lib/train.py'),
                                'p2s_lib.train.check_sets': ('train_voc.html#check_sets', 'p2s_lib/train.py'),

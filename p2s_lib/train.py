@@ -4,9 +4,9 @@
 __all__ = ['LOG_FIELDS', 'TrainConfig', 'is_coco', 'validate_config', 'config_table', 'coco_files', 'resolve_classes',
            'build_dataset', 'split_files', 'most_objects', 'set_transforms', 'resolve_splits', 'check_sets',
            'SeededTransforms', 'EpochSampler', 'TrainingCollate', 'WarmupLinearDecay', 'setup_distributed',
-           'all_ranks_agree', 'broadcast_from_main', 'gather_lists', 'summary_metrics', 'evaluate_model',
-           'TrainingDiverged', 'Trainer', 'load_training_state', 'plot_history', 'draw_detections', 'tile_images',
-           'save_png']
+           'all_ranks_agree', 'broadcast_from_main', 'broadcast_buffers', 'gather_lists', 'summary_metrics',
+           'evaluate_model', 'TrainingDiverged', 'Trainer', 'load_training_state', 'plot_history', 'draw_detections',
+           'tile_images', 'save_png']
 
 # %% ../notebooks/10_train_voc.ipynb #20691416
 import csv
@@ -393,6 +393,15 @@ def broadcast_from_main(value: int, device: torch.device) -> int:
     return int(t.item())
 
 
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm's running statistics) on every rank (a no-op without DDP). DDP copies
+    them from rank 0 at the start of each forward, so after the last step each rank holds its own."""
+    if dist.is_initialized():
+        for buffer in module.buffers():
+            if buffer.numel():
+                dist.broadcast(buffer.data, src=0)
+
+
 def gather_lists(items: list) -> list:
     """Concatenate a Python list across ranks (rank order); identity without DDP."""
     if not dist.is_initialized():
@@ -660,7 +669,9 @@ class Trainer:
         self.schedule.resize(broadcast_from_main(total, self.device))
 
     def evaluate_and_keep_best(self) -> dict:
+        """Every rank scores its shard with the same weights: rank 0's BatchNorm statistics first."""
         tick = time.perf_counter()
+        broadcast_buffers(self.model)
         metrics, _, _ = evaluate_model(self.model, self.val_data, batch_size=32, max_images=self.cfg.eval_images,
                                        top_p=self.cfg.top_p, seed=self.cfg.seed, delayed_eos=self.cfg.delayed_eos,
                                        labels_per_object=self.cfg.labels_per_object,

@@ -292,3 +292,52 @@ def test_draw_detections_scales_by_a_whole_factor_and_keeps_only_scores_above_th
     picture = draw_detections(image, pred, ["a", "b"], score_threshold=0.3)
     assert picture.shape == (3, 288, 384) and picture.dtype == torch.uint8           # x3 towards 384 px
     assert picture[:, 60:140, 29:32].any() and not picture[:, 100:250, 208:213].any()  # box 1's left edge, not box 2's
+
+
+# ---------------------------------------------------------------- DDP: 2 gloo processes on the CPU
+def run_ddp(task: str, root: Path, out: Path) -> None:
+    script = Path(__file__).with_name("ddp_runs.py")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+           task, str(root), str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_ddp_replicas_stay_identical_under_a_skewed_clock_and_a_sharded_eval_equals_one_process(synthetic_root,
+                                                                                                 tmp_path):
+    """Rank 1's clock runs 3x fast. Rank 0 decides the schedule and both stop together, so both ranks end
+    with the same weights and buffers. Then each rank scores half the images, 3 per batch: the same
+    detections and AP as one process scoring all 20 images in one batch (per-image sampling seeds)."""
+    run_ddp("skewed", synthetic_root, tmp_path)
+    ranks = [torch.load(tmp_path / f"skewed_rank{r}.pt", weights_only=True) for r in range(2)]
+    assert ranks[0]["step"] == ranks[1]["step"] > 0 and ranks[0]["total_steps"] == ranks[1]["total_steps"]
+    assert ranks[0]["lr"] == ranks[1]["lr"]
+    assert_same_state(ranks[0]["state"], ranks[1]["state"])
+    assert any("running_mean" in name for name in ranks[0]["state"])  # BatchNorm statistics included
+
+    sharded = json.loads((tmp_path / "sharded_eval.json").read_text())
+    model, _ = load_model(tmp_path / "skewed" / "last.pt")
+    data = VOCDataset(synthetic_root, "2007", "train", classes=list(SYNTHETIC_CLASSES),
+                      transforms=make_transforms(False, model.image_size))
+    metrics, preds, _ = train_mod.evaluate_model(model.eval(), data, batch_size=20, seed=5)
+    assert len(preds) == len(sharded["preds"]) == 20
+    for mine, theirs in zip(preds, sharded["preds"]):  # the same sampled tokens; scores to float rounding
+        assert mine["boxes"].tolist() == theirs["boxes"] and mine["labels"].tolist() == theirs["labels"]
+        torch.testing.assert_close(mine["scores"], torch.tensor(theirs["scores"]), rtol=1e-5, atol=1e-7)
+    assert metrics["map_50"] == pytest.approx(sharded["map_50"], abs=1e-6)
+    assert metrics["map"] == pytest.approx(sharded["map"], abs=1e-6)
+
+
+def test_ddp_resume_under_torchrun_continues_the_same_run(synthetic_root, tmp_path):
+    """Stopped after 3 of 10 steps and resumed under torchrun, a run ends where the uninterrupted one does."""
+    run_ddp("resume", synthetic_root, tmp_path)
+    for r in range(2):
+        whole, resumed = (torch.load(tmp_path / f"{run}_rank{r}.pt", weights_only=True) for run in ("whole", "resumed"))
+        assert whole["step"] == resumed["step"] == 10
+        assert_same_state(whole["state"], resumed["state"])
