@@ -132,6 +132,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                  'p2s_lib.encoder.ImageEncoder.grid_size': ('encoder.html#imageencoder.grid_size', 'p2s_lib/encoder.py'),
                                  'p2s_lib.encoder.TinyCNN': ('encoder.html#tinycnn', 'p2s_lib/encoder.py'),
                                  'p2s_lib.encoder.TinyCNN.__init__': ('encoder.html#tinycnn.__init__', 'p2s_lib/encoder.py'),
+                                 'p2s_lib.encoder.WeightsUnavailable': ('encoder.html#weightsunavailable', 'p2s_lib/encoder.py'),
                                  'p2s_lib.encoder.build_backbone': ('encoder.html#build_backbone', 'p2s_lib/encoder.py'),
                                  'p2s_lib.encoder.imagenet_weights_file': ('encoder.html#imagenet_weights_file', 'p2s_lib/encoder.py'),
                                  'p2s_lib.encoder.load_imagenet_weights': ('encoder.html#load_imagenet_weights', 'p2s_lib/encoder.py'),

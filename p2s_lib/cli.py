@@ -21,6 +21,7 @@ import torch.distributed as dist
 from .data import VOCDataset, decode_rgb, make_synthetic_voc, make_transforms
 from .inference import predict
 from .metrics import export_coco_json
+from .encoder import WeightsUnavailable
 from .model import load_model
 from .train import (TrainConfig, Trainer, TrainingDiverged, build_dataset, coco_files, draw_detections,
                            evaluate_model, is_coco, resolve_classes, save_png, setup_distributed, summary_metrics,
@@ -34,7 +35,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """One `--flag` per TrainConfig field (underscores become dashes); an untyped flag stays unset."""
     for f in FLAGS:
         flag = "--" + f.name.replace("_", "-")
-        if isinstance(f.default, bool):
+        if isinstance(f.default, bool) or bool in typing.get_args(f.type):  # --amp / --no-amp, --pretrained ...
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS)
         else:
             base = next(t for t in (typing.get_args(f.type) or (f.type,)) if t is not type(None))
@@ -253,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     except SomeInputsFailed as e:
         print(f"p2s {args.command}: {e}", file=sys.stderr)
         return 1
-    except (ValueError, FileNotFoundError, TrainingDiverged) as e:
+    except (ValueError, FileNotFoundError, TrainingDiverged, WeightsUnavailable) as e:
         print(f"p2s {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -2,7 +2,7 @@
 
 # %% auto #0
 __all__ = ['BACKBONES', 'IMAGENET_MEAN', 'IMAGENET_STD', 'sincos_1d', 'sincos_2d_position_embedding', 'ConvBNReLU', 'TinyCNN',
-           'imagenet_weights_file', 'load_imagenet_weights', 'build_backbone', 'ImageEncoder']
+           'WeightsUnavailable', 'imagenet_weights_file', 'load_imagenet_weights', 'build_backbone', 'ImageEncoder']
 
 # %% ../notebooks/04_encoder.ipynb #bd601f76
 import math
@@ -63,6 +63,10 @@ _RESNETS = {  # name -> (torchvision weights enum, weights tag, output channels)
 }
 
 
+class WeightsUnavailable(RuntimeError):
+    """ImageNet weights that are neither in the torch hub cache nor downloadable (offline)."""
+
+
 def imagenet_weights_file(name: str) -> Path:
     """Where the torch hub cache keeps the ImageNet weights of backbone `name` (ch. 04)."""
     enum_name, tag, _ = _RESNETS[name]
@@ -72,7 +76,7 @@ def imagenet_weights_file(name: str) -> Path:
 
 def load_imagenet_weights(name: str, timeout_s: float = 60.0) -> dict:
     """The ImageNet state dict of backbone `name`: from the hub cache, else downloaded into it;
-    a RuntimeError that names the file and the folder when neither works (ch. 04)."""
+    `WeightsUnavailable`, naming the file and the folder, when neither works (ch. 04)."""
     enum_name, tag, _ = _RESNETS[name]
     weights, path = getattr(torchvision.models, enum_name)[tag], imagenet_weights_file(name)
     if path.is_file():
@@ -82,7 +86,7 @@ def load_imagenet_weights(name: str, timeout_s: float = 60.0) -> dict:
     try:
         return weights.get_state_dict(progress=True, check_hash=True)
     except Exception as e:  # offline, proxy, truncated download ...
-        raise RuntimeError(
+        raise WeightsUnavailable(
             f"the ImageNet weights {enum_name}.{tag} for backbone {name!r} are not in the torch hub cache "
             f"and could not be downloaded ({type(e).__name__}: {str(e)[:120]}). Put the file {path.name} "
             f"(from {weights.url}) in {path.parent} (set TORCH_HOME to use another cache), "

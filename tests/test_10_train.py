@@ -341,3 +341,68 @@ def test_ddp_resume_under_torchrun_continues_the_same_run(synthetic_root, tmp_pa
         whole, resumed = (torch.load(tmp_path / f"{run}_rank{r}.pt", weights_only=True) for run in ("whole", "resumed"))
         assert whole["step"] == resumed["step"] == 10
         assert_same_state(whole["state"], resumed["state"])
+
+
+# ---------------------------------------------------------------- the input pipeline, precision, compile
+class WorkerPid(torch.utils.data.Dataset):
+    """Wraps a dataset; each target also says which process read it."""
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        image, target = self.dataset[key]
+        return image, {**target, "pid": os.getpid()}
+
+
+def epoch_batches(trainer: Trainer, epoch: int) -> list:
+    trainer.sampler.set_epoch(epoch)
+    return list(trainer.loader)
+
+
+def test_batches_are_built_in_persistent_workers_and_do_not_depend_on_them(synthetic_root, tmp_path):
+    plain = Trainer(tiny_config(synthetic_root, tmp_path / "a", cache_images=True))
+    workers = Trainer(tiny_config(synthetic_root, tmp_path / "b", cache_images=True, num_workers=2))
+    assert workers.loader.persistent_workers and workers.loader.collate_fn.__class__.__name__ == "TrainingCollate"
+    workers.train_data.dataset = WorkerPid(workers.train_data.dataset)
+    pids = []
+    for epoch in (0, 1):
+        ours, theirs = epoch_batches(plain, epoch), epoch_batches(workers, epoch)
+        assert len(ours) == len(theirs) == plain.steps_per_epoch
+        for a, b in zip(ours, theirs):  # images, targets, inputs, labels, weights
+            assert all(torch.equal(x, y) for x, y in zip(a[2:], b[2:])) and torch.equal(a[0], b[0])
+        pids.append({t["pid"] for batch in theirs for t in batch[1]})
+    assert pids[0] == pids[1] and os.getpid() not in pids[0]  # the same worker processes (and caches) every epoch
+
+
+def test_backbone_lr_frac_gives_the_trunk_its_own_groups(synthetic_root, tmp_path):
+    trainer = Trainer(tiny_config(synthetic_root, tmp_path, backbone_lr_frac=0.1))
+    backbone = {id(p) for p in trainer.model.encoder.backbone.parameters()}
+    groups = trainer.optimizer.param_groups
+    trunk = [g for g in groups if all(id(p) in backbone for p in g["params"])]
+    rest = [g for g in groups if not any(id(p) in backbone for p in g["params"])]
+    assert len(trunk) == len(rest) == 2 and len(groups) == 4
+    assert {g["weight_decay"] for g in trunk} == {g["weight_decay"] for g in rest} == {0.0, 0.05}
+    for _ in range(3):
+        assert all(g["lr"] == pytest.approx(0.1 * trainer.lr) for g in trunk)
+        trainer.schedule.step()
+    assert len(Trainer(tiny_config(synthetic_root, tmp_path / "one")).optimizer.param_groups) == 2
+
+
+def test_amp_on_a_cpu_trains_under_bf16_autocast(synthetic_root, tmp_path):
+    assert Trainer(tiny_config(synthetic_root, tmp_path / "off")).amp_dtype is None  # default: CUDA only
+    trainer = Trainer(tiny_config(synthetic_root, tmp_path, amp=True, epochs=1))
+    assert trainer.amp_dtype == torch.bfloat16 and not trainer.scaler.is_enabled()
+    seen = []
+    hook = trainer.model.decoder.layers[0].mlp.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    result = trainer.fit()
+    hook.remove()
+    assert torch.bfloat16 in seen and result["step"] == 5 and math.isfinite(trainer.history[-2]["loss"])
+
+
+def test_compile_trains_on_a_cpu(synthetic_root, tmp_path):
+    result = Trainer(tiny_config(synthetic_root, tmp_path, compile=True, epochs=1)).fit()
+    assert result["step"] == 5 and (tmp_path / "last.pt").exists()
+    assert math.isfinite(load_model(tmp_path / "last.pt")[1]["history"][0]["loss"])

@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -184,3 +185,53 @@ def test_first_label_keeps_each_objects_likeliest_class():
     probs = torch.tensor([[[0.2, 0.5, 0.3], [0.1, 0.3, 0.6]]])
     one, three = (postprocess(tokens[:, 1:], probs, tok, None, k)[0] for k in (1, 3))
     assert all(torch.equal(first_label(three, 3)[key], one[key]) for key in one)
+
+
+def fake_imagenet_cache(home: Path, monkeypatch) -> "torch.Tensor":
+    """A torch hub cache of our own making at `home`, holding ResNet-18 "ImageNet" weights (random ones,
+    under the real file name); every download is refused, as offline. Returns the file's conv1 weight."""
+    import urllib.error
+    import torch
+    import torchvision
+    from p2s_lib.encoder import imagenet_weights_file
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    def offline(*a, **k):
+        raise urllib.error.URLError("offline")
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
+    path = imagenet_weights_file("resnet18")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = torchvision.models.resnet18().state_dict()
+    torch.save(state, path)
+    return state["conv1.weight"]
+
+
+def small_train_args(root: Path, out: Path) -> list[str]:
+    return ["train", "--data-root", str(root), "--classes", "synthetic", "--preset", "small", "--image-size", "64",
+            "--max-objects", "4", "--epochs", "1", "--stop-after-steps", "1", "--batch-size", "2", "--num-workers", "0",
+            "--eval-images", "2", "--val-set", "val", "--out", str(out)]
+
+
+def test_pretrained_flags(synthetic_root, tmp_path, monkeypatch, capsys):
+    """small starts from the cached ImageNet trunk by default; --no-pretrained from random weights;
+    with an empty cache offline, --pretrained stops at once with the file and the folder named."""
+    import torch
+    from p2s_lib.recipes import make_config
+    from p2s_lib.train import Trainer
+    conv1 = fake_imagenet_cache(tmp_path / "home", monkeypatch)
+    given = dict(data_root=str(synthetic_root), classes="synthetic", preset="small", image_size=64, epochs=1, batch_size=2,
+                 val_set="val", out=str(tmp_path / "py"))
+    assert torch.equal(Trainer(make_config(**given)).model.encoder.backbone[0].weight.cpu(), conv1)
+    assert not torch.equal(Trainer(make_config(**given, pretrained=False)).model.encoder.backbone[0].weight.cpu(), conv1)
+
+    assert main(small_train_args(synthetic_root, tmp_path / "on") + ["--pretrained"]) == 0
+    info = load_model(tmp_path / "on" / "last.pt")[1]
+    assert info["train_config"]["pretrained"] is True and "command line" in info["train_config"]["sources"]["pretrained"]
+    assert main(small_train_args(synthetic_root, tmp_path / "off") + ["--no-pretrained"]) == 0
+    assert load_model(tmp_path / "off" / "last.pt")[1]["train_config"]["pretrained"] is False
+    capsys.readouterr()
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+    assert main(small_train_args(synthetic_root, tmp_path / "offline") + ["--pretrained"]) == 2
+    err = capsys.readouterr().err
+    assert "resnet18-f37072fd.pth" in err and str(tmp_path / "empty" / "hub" / "checkpoints") in err
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "on" / "last.pt"), "--data-root", str(synthetic_root),
+                 "--image-set", "val", "--out", str(tmp_path / "eval")]) == 0  # a checkpoint never fetches weights
