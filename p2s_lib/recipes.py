@@ -71,17 +71,33 @@ PAPER = Recipe("paper", "the paper's settings: r50 at 640 px, trained from scrat
     "refine_window": (0, "the paper reads the sampled bin"),
 }, lr_batch=32)
 
-_PLACEHOLDER = "placeholder until a GPU run measures this recipe: "
-VOC = Recipe("voc", "PLACEHOLDER (not yet measured): r50 on Pascal VOC 07+12 on a GPU, the paper's values", {
-    **{k: (v, _PLACEHOLDER + s) for k, (v, s) in PAPER.settings.items()},
+_PORT = "Pretrained-Pix2Seq main.py (a PyTorch port from an ImageNet R50: 37.0 COCO AP)"
+VOC = Recipe("voc", "r50 on Pascal VOC 07+12 on a GPU, from an ImageNet trunk; NOT YET MEASURED on a GPU", {
+    "preset": ("r50", "paper (Architecture): a ResNet-50 trunk, 6 + 6 transformer layers"),
+    "pretrained": (True, "every port starts from an ImageNet trunk, as torchvision's detectors do"),
     "year": ("2007+2012", "the usual VOC protocol: train on 07+12 trainval"),
     "train_set": ("trainval", "the usual VOC protocol"),
     "val_year": ("2007", "the usual VOC protocol: evaluate on 07 test"),
     "val_set": ("test", "the usual VOC protocol"),
     "classes": ("voc", "Pascal VOC's 20 classes"),
-    "epochs": (100, _PLACEHOLDER + "VOC has 16.5k training images, about a seventh of COCO"),
+    "image_size": (640, f"{_OFFICIAL}: 640 x 640"),
+    "scale_min": (0.3, f"{_OFFICIAL}: scale jitter 0.3-2.0"),
+    "scale_max": (2.0, f"{_OFFICIAL}: scale jitter 0.3-2.0"),
+    "hflip": (0.5, f"{_OFFICIAL}: horizontal flip"),
+    "batch_size": (32, f"{_OFFICIAL} and {_PORT}: 32 images per step (per process here)"),
+    "lr": (1e-3, f"{_PORT}: 1e-3 for the transformer at batch 32"),
+    "backbone_lr_frac": (0.1, f"{_PORT}: 1e-4 for the ImageNet trunk (the DETR convention: a tenth)"),
+    "weight_decay": (0.05, f"{_OFFICIAL} and {_PORT}"),
+    "beta2": (0.95, _OFFICIAL),
+    "grad_clip": (0.1, f"{_PORT}: clip_max_norm 0.1"),
+    "warmup_frac": (0.05, f"{_OFFICIAL}: 2 warmup epochs of 40"),
+    "final_lr_frac": (0.01, f"{_OFFICIAL} and {_PORT}: linear decay to 1%"),
+    "epochs": (100, "a choice, unmeasured: 1.65M images seen, a twentieth of the port's 300 COCO epochs"),
+    "eos_weight": (0.1, _OFFICIAL),
+    "top_p": (0.4, f"{_OFFICIAL}: nucleus sampling, p 0.4"),
     "eval_every": (5, "a choice: an evaluation on the 4,952 test images every 5 epochs"),
-    "num_workers": (8, "a choice: enough loader processes to feed one GPU"),
+    "eval_images": (None, "the whole 07 test set, as VOC results are reported"),
+    "num_workers": (8, "a choice: enough loader processes to decode 640-px JPEGs for one GPU"),
 }, lr_batch=32)
 
 RECIPES = {r.name: r for r in (CPU, PAPER, VOC)}

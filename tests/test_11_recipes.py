@@ -35,14 +35,17 @@ def test_the_preset_picks_its_recipe_and_an_unknown_one_is_refused():
         Recipe("bad", "a typo", {"lr_peak": (1e-3, "nowhere")})
 
 
-def test_every_recipe_value_names_its_source_and_voc_says_it_is_a_placeholder():
+def test_every_recipe_value_names_its_source_and_voc_says_it_is_unmeasured():
     names = {f.name for f in fields(TrainConfig)}
     for recipe in RECIPES.values():
         assert recipe.purpose and set(recipe.settings) <= names
         assert all(isinstance(source, str) and len(source) > 5 for _, source in recipe.settings.values())
-    assert "PLACEHOLDER" in VOC.purpose
-    assert all(VOC.settings[k][1].startswith("placeholder") for k in PAPER.settings)
+    assert "NOT YET MEASURED" in VOC.purpose
     assert (VOC.settings["train_set"][0], VOC.settings["val_set"][0]) == ("trainval", "test")
+    assert VOC.settings["pretrained"][0] is True and VOC.settings["backbone_lr_frac"][0] == 0.1
+    cfg = make_config(recipe="voc", world_size=1)
+    assert (cfg.preset, cfg.image_size, cfg.year, cfg.pretrained) == ("r50", 640, "2007+2012", True)
+    assert cfg.lr == pytest.approx(1e-3) and "Pretrained-Pix2Seq" in cfg.source("lr")
 
 
 def test_the_lr_follows_the_global_batch_unless_given(monkeypatch):
