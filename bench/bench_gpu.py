@@ -166,13 +166,31 @@ def torchrun_run(root: Path, out: Path, size: int, batch: int, minutes: float | 
     return {"exit_code": done.returncode, "seconds": time.perf_counter() - tick}
 
 
+def count_flops(preset: str = "r50", sizes=(384, 640)) -> dict:
+    """FLOPs of one training image (forward + backward, full-length sequence), counted on the CPU."""
+    figures = {}
+    for size in sizes:
+        model, (images, inputs, labels, weights) = model_and_batch(preset, size, 1, None, torch.device("cpu"))
+        with FlopCounterMode(display=False) as counter:
+            logits = model(images, inputs)
+            forward = counter.get_total_flops()
+            weighted_cross_entropy(logits.float(), labels, weights).backward()
+        figures[f"{preset} {size}px"] = {"forward_gflop": forward / 1e9, "train_gflop": counter.get_total_flops() / 1e9}
+        print(f"{preset} {size}px, one image, {inputs.shape[1]} input tokens: forward {forward / 1e9:.1f} GFLOP, "
+              f"forward + backward {counter.get_total_flops() / 1e9:.1f} GFLOP")
+    return figures
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--smoke", action="store_true", help="toy sizes on the CPU: checks every section runs")
     p.add_argument("--budget-minutes", type=float, default=8.0)
     p.add_argument("--peak-tflops", type=float, default=None, help="the GPU's dense bf16 peak (default: by name)")
     p.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
+    p.add_argument("--flops-only", action="store_true", help="count r50's FLOPs per training image (any device) and stop")
     args = p.parse_args(argv)
+    if args.flops_only:
+        return count_flops()
     plan = SMOKE if args.smoke else FULL
     device = torch.device("cpu" if args.smoke else "cuda")
     if device.type == "cuda":
