@@ -81,7 +81,8 @@ def cli_evaluate(args: argparse.Namespace) -> dict:
         raise ValueError(f"--max-images must be >= 1, got {args.max_images}")
     decoding = decoding_settings(info, args)
     metrics, preds, targets = evaluate_model(model.eval(), data, batch_size=args.batch_size,
-                                             max_images=args.max_images, progress=True, **decoding)
+                                             max_images=args.max_images, progress=True, compile=args.compile,
+                                             autocast=args.amp, **decoding)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     export_coco_json(preds, [t["image_id"] for t in targets], out / "predictions_coco.json", class_names=names)
@@ -150,7 +151,8 @@ def cli_predict(args: argparse.Namespace) -> list[dict]:
             print(f"p2s predict: skipped {e}", file=sys.stderr)
             continue
         pred = predict(model.eval(), image[None].to(args.device), size[None],
-                       generator=torch.Generator(args.device).manual_seed(0), **decoding)[0]
+                       generator=torch.Generator(args.device).manual_seed(0), compile=args.compile,
+                       autocast=args.amp, **decoding)[0]
         pred = {k: v.cpu() for k, v in pred.items()}
         save_png(draw_detections(original, pred, names, args.score_threshold), out / f"{path.stem}.png")
         keep = pred["scores"] >= args.score_threshold
@@ -211,6 +213,9 @@ def add_evaluation_arguments(p: argparse.ArgumentParser, name: str) -> None:
     p.add_argument("--top-p", type=float, default=None, help="default: the checkpoint's run, else 0.4")
     p.add_argument("--refine-window", type=int, default=None,
                    help="sub-bin coordinates from the logits within w bins (default: the checkpoint's run, else 0)")
+    p.add_argument("--compile", action="store_true", help="decode with the compiled decoder step (torch.compile)")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="mixed precision while decoding (default: on CUDA only)")
 
 
 def build_parser() -> argparse.ArgumentParser:

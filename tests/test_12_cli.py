@@ -39,6 +39,12 @@ def test_cli_train_evaluate_predict(synthetic_root, tmp_path, capsys):
     coco = json.loads((tmp_path / "eval" / "predictions_coco.json").read_text())
     assert isinstance(coco, list)
     assert main(["evaluate", "--checkpoint", str(out / "best.pt"), "--data-root", str(synthetic_root),
+                 "--image-set", "test", "--max-images", "4", "--refine-window", "0", "--labels-per-object", "1",
+                 "--compile", "--out", str(tmp_path / "eval_compiled")]) == 0  # the compiled decoder step
+    compiled = json.loads((tmp_path / "eval_compiled" / "predictions_coco.json").read_text())
+    assert [(d["image_id"], d["category_id"], d["bbox"]) for d in compiled] == \
+        [(d["image_id"], d["category_id"], d["bbox"]) for d in coco]       # the same draws, the same boxes
+    assert main(["evaluate", "--checkpoint", str(out / "best.pt"), "--data-root", str(synthetic_root),
                  "--image-set", "test", "--max-images", "4", "--labels-per-object", "2", "--refine-window", "0",
                  "--out", str(tmp_path / "eval2")]) == 0                  # same draws, two labels per object
     coco2 = json.loads((tmp_path / "eval2" / "predictions_coco.json").read_text())
