@@ -406,3 +406,28 @@ def test_compile_trains_on_a_cpu(synthetic_root, tmp_path):
     result = Trainer(tiny_config(synthetic_root, tmp_path, compile=True, epochs=1)).fit()
     assert result["step"] == 5 and (tmp_path / "last.pt").exists()
     assert math.isfinite(load_model(tmp_path / "last.pt")[1]["history"][0]["loss"])
+
+
+@pytest.mark.parametrize("device, backend", [("cuda", "nccl"), ("cpu", "gloo")])
+def test_the_process_group_backend_follows_the_device(monkeypatch, device, backend):
+    """Under torchrun, --device decides NCCL or gloo (not whether the machine happens to have a GPU)."""
+    seen = {}
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(train_mod.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(train_mod.dist, "init_process_group", lambda b: seen.update(backend=b))
+    monkeypatch.setattr(train_mod.torch.cuda, "set_device", lambda i: seen.update(gpu=i))
+    assert train_mod.setup_distributed(device) == (0, 1)  # (not initialized: the patched group is a stub)
+    assert seen["backend"] == backend and seen.get("gpu") == (1 if device == "cuda" else None)
+
+
+def test_fp16_steps_go_through_the_grad_scaler(synthetic_root, tmp_path):
+    """The path for GPUs without bf16 (fp16 autocast + GradScaler), run on a CPU."""
+    trainer = Trainer(tiny_config(synthetic_root, tmp_path, epochs=1))
+    trainer.amp_dtype, trainer.scaler = torch.float16, torch.amp.GradScaler("cpu", init_scale=1024.0)
+    trainer.sampler.set_epoch(0)
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    loss = trainer.train_step(next(iter(trainer.loader)))
+    assert torch.isfinite(loss) and trainer.scaler.get_scale() == 1024.0
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
+    assert trainer.save("last.pt") and load_model(tmp_path / "last.pt")[1]["scaler"]["scale"] == 1024.0
