@@ -20,7 +20,8 @@ from p2s_lib.augment import build_batch
 from p2s_lib.data import collate_fn, make_synthetic_voc, make_transforms
 from p2s_lib.inference import recall_at_iou
 from p2s_lib.model import load_model
-from p2s_lib.train import build_dataset, evaluate_model
+from p2s_lib.config import build_dataset
+from p2s_lib.distributed import evaluate_model
 
 
 def recalls(preds: list[dict], targets: list[dict]) -> dict:

@@ -31,7 +31,8 @@ from p2s_lib.augment import build_batch
 from p2s_lib.data import SYNTHETIC_CLASSES, make_synthetic_voc, make_transforms
 from p2s_lib.loss import weighted_cross_entropy
 from p2s_lib.model import Pix2Seq
-from p2s_lib.train import build_dataset, evaluate_model
+from p2s_lib.config import build_dataset
+from p2s_lib.distributed import evaluate_model
 
 
 def load_split(root: Path, split: str) -> tuple[torch.Tensor, list[dict]]:

@@ -18,7 +18,9 @@ from p2s_lib.inference import predict
 from p2s_lib.metrics import evaluate
 from p2s_lib.model import load_model
 from p2s_lib.recipes import make_config
-from p2s_lib.train import Trainer, build_dataset, collate_fn, make_transforms
+from p2s_lib.config import build_dataset
+from p2s_lib.data import collate_fn, make_transforms
+from p2s_lib.train import Trainer
 
 
 @torch.inference_mode()

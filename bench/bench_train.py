@@ -22,7 +22,10 @@ from p2s_lib.data import make_synthetic_voc
 from p2s_lib.inference import generate
 from p2s_lib.model import load_model, save_model
 from p2s_lib.recipes import make_config
-from p2s_lib.train import Trainer, build_dataset, collate_fn, evaluate_model, make_transforms, setup_distributed
+from p2s_lib.config import build_dataset
+from p2s_lib.data import collate_fn, make_transforms
+from p2s_lib.distributed import evaluate_model, setup_distributed
+from p2s_lib.train import Trainer
 
 
 REFINE_WINDOW = 2  # bins: on the shipped checkpoint's val split, 1, 2 and 3 gave AP 0.548, 0.552, 0.552 (0: 0.524)

@@ -23,9 +23,10 @@ from .inference import predict
 from .metrics import export_coco_json
 from .encoder import WeightsUnavailable
 from .model import load_model
-from .train import (TrainConfig, Trainer, TrainingDiverged, build_dataset, coco_files, draw_detections,
-                           evaluate_model, is_coco, resolve_classes, save_png, setup_distributed, summary_metrics,
-                           tile_images)
+from .inference import draw_detections, save_png, tile_images
+from .config import TrainConfig, build_dataset, coco_files, is_coco, resolve_classes
+from .distributed import evaluate_model, setup_distributed, summary_metrics
+from .train import Trainer, TrainingDiverged
 from .recipes import RECIPES, make_config
 
 FLAGS = [f for f in fields(TrainConfig) if f.name != "sources"]

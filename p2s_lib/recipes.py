@@ -8,7 +8,7 @@ import math
 import os
 from dataclasses import dataclass, fields
 
-from .train import TrainConfig
+from .config import TrainConfig
 
 RESULTS = "RESULTS.md"
 

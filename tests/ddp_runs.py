@@ -15,7 +15,9 @@ import torch
 
 from p2s_lib.data import SYNTHETIC_CLASSES, make_transforms
 from p2s_lib.model import load_model
-from p2s_lib.train import TrainConfig, Trainer, build_dataset, evaluate_model
+from p2s_lib.config import TrainConfig, build_dataset
+from p2s_lib.distributed import evaluate_model
+from p2s_lib.train import Trainer
 
 task, root, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
 rank = int(os.environ["RANK"])

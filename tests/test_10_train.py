@@ -15,8 +15,10 @@ from hypothesis import given, settings, strategies as st
 import p2s_lib.train as train_mod
 from p2s_lib.data import SYNTHETIC_CLASSES, VOCDataset, make_transforms
 from p2s_lib.model import load_model
-from p2s_lib.train import (EpochSampler, SeededTransforms, TrainConfig, Trainer, TrainingDiverged, WarmupLinearDecay,
-                           check_sets, config_table, resolve_classes, resolve_splits, validate_config)
+import p2s_lib.distributed as distributed_mod
+from p2s_lib.config import TrainConfig, check_sets, config_table, resolve_classes, resolve_splits, validate_config
+from p2s_lib.pipeline import EpochSampler, SeededTransforms, WarmupLinearDecay
+from p2s_lib.train import Trainer, TrainingDiverged
 
 
 def tiny_config(root: Path, out: Path, **overrides) -> TrainConfig:
@@ -243,7 +245,7 @@ def test_an_empty_or_too_small_training_set_fails_at_once_naming_its_split_file(
 
 
 def test_spare_slots_size_the_sequence_from_the_data(synthetic_root, tmp_path):
-    from p2s_lib.train import most_objects
+    from p2s_lib.config import most_objects
     trainer = Trainer(tiny_config(synthetic_root, tmp_path, spare_slots=3))
     most = most_objects(VOCDataset(synthetic_root, "2007", "train", classes=SYNTHETIC_CLASSES))
     assert most >= 1 and trainer.model.tokenizer.max_objects == most + 3
@@ -285,7 +287,7 @@ def test_a_run_without_epochs_or_minutes_is_refused():
 
 
 def test_draw_detections_scales_by_a_whole_factor_and_keeps_only_scores_above_the_threshold():
-    from p2s_lib.train import draw_detections
+    from p2s_lib.inference import draw_detections
     image = torch.zeros(3, 96, 128, dtype=torch.uint8)
     pred = {"boxes": torch.tensor([[10.0, 10.0, 60.0, 50.0], [70.0, 20.0, 120.0, 90.0]]),
             "scores": torch.tensor([0.9, 0.1]), "labels": torch.tensor([0, 1])}
@@ -325,7 +327,7 @@ def test_ddp_replicas_stay_identical_under_a_skewed_clock_and_a_sharded_eval_equ
     model, _ = load_model(tmp_path / "skewed" / "last.pt")
     data = VOCDataset(synthetic_root, "2007", "train", classes=list(SYNTHETIC_CLASSES),
                       transforms=make_transforms(False, model.image_size))
-    metrics, preds, _ = train_mod.evaluate_model(model.eval(), data, batch_size=20, seed=5)
+    metrics, preds, _ = distributed_mod.evaluate_model(model.eval(), data, batch_size=20, seed=5)
     assert len(preds) == len(sharded["preds"]) == 20
     for mine, theirs in zip(preds, sharded["preds"]):  # the same sampled tokens; scores to float rounding
         assert mine["boxes"].tolist() == theirs["boxes"] and mine["labels"].tolist() == theirs["labels"]
@@ -414,10 +416,10 @@ def test_the_process_group_backend_follows_the_device(monkeypatch, device, backe
     seen = {}
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", "1")
-    monkeypatch.setattr(train_mod.dist, "is_initialized", lambda: False)
-    monkeypatch.setattr(train_mod.dist, "init_process_group", lambda b: seen.update(backend=b))
-    monkeypatch.setattr(train_mod.torch.cuda, "set_device", lambda i: seen.update(gpu=i))
-    assert train_mod.setup_distributed(device) == (0, 1)  # (not initialized: the patched group is a stub)
+    monkeypatch.setattr(distributed_mod.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(distributed_mod.dist, "init_process_group", lambda b: seen.update(backend=b))
+    monkeypatch.setattr(distributed_mod.torch.cuda, "set_device", lambda i: seen.update(gpu=i))
+    assert distributed_mod.setup_distributed(device) == (0, 1)  # (not initialized: the patched group is a stub)
     assert seen["backend"] == backend and seen.get("gpu") == (1 if device == "cuda" else None)
 
 
@@ -431,3 +433,17 @@ def test_fp16_steps_go_through_the_grad_scaler(synthetic_root, tmp_path):
     assert torch.isfinite(loss) and trainer.scaler.get_scale() == 1024.0
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
     assert trainer.save("last.pt") and load_model(tmp_path / "last.pt")[1]["scaler"]["scale"] == 1024.0
+
+
+def test_weight_decay_goes_on_matrices_and_embeddings_not_on_vectors():
+    from p2s_lib.model import Pix2Seq
+    from p2s_lib.train import param_groups
+    model = Pix2Seq.from_preset("nano", num_classes=4)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed, plain = (set(names[id(p)] for g in param_groups(model, TrainConfig()) if (g["weight_decay"] > 0) == d
+                          for p in g["params"]) for d in (True, False))
+    assert {"decoder.token_emb.weight", "decoder.pos_emb.weight", "decoder.layers.0.mlp.0.weight"} <= decayed
+    assert {"decoder.out_bias", "decoder.norm.weight", "decoder.box_prior_gain", "decoder.layers.0.mlp.0.bias"} <= plain
+    assert all(dict(model.named_parameters())[n].ndim >= 2 for n in decayed)
+    assert all(dict(model.named_parameters())[n].ndim < 2 for n in plain)
+    assert len(decayed) + len(plain) == len(names)

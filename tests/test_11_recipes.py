@@ -7,7 +7,7 @@ import pytest
 from p2s_lib.cli import main
 from p2s_lib.model import load_model
 from p2s_lib.recipes import CPU, PAPER, RECIPES, VOC, Recipe, make_config, recipe_for
-from p2s_lib.train import TrainConfig, validate_config
+from p2s_lib.config import TrainConfig, validate_config
 
 
 def test_a_recipe_resolves_and_what_is_given_overrides_it(tmp_path):
