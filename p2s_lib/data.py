@@ -85,7 +85,7 @@ def _shape_mask(kind: str, cx: float, cy: float, s: float, theta: float, inner: 
         draw.polygon([(x - c0, y - r0) for x, y in pts.tolist()], fill=255)
     return window, np.asarray(m) > 0, tuple(float(v) for v in extent)
 
-
+# %% ../notebooks/00_data.ipynb #ada6625d
 def _render_image(rng: np.random.Generator, h: int, w: int, classes: Sequence[str], max_objects: int,
                   object_size: tuple[float, float], empty_prob: float, tiny_prob: float
                   ) -> tuple[np.ndarray, list[dict]]:
@@ -142,7 +142,7 @@ def _render_image(rng: np.random.Generator, h: int, w: int, classes: Sequence[st
         ))
     return np.clip(img, 0, 255).round().astype(np.uint8), out
 
-
+# %% ../notebooks/00_data.ipynb #fe34bb1a
 def _annotation_xml(folder: str, filename: str, h: int, w: int, objects: list[dict]) -> str:
     "The VOC XML text for one image."
     parts = [
@@ -284,7 +284,7 @@ def _number(node: ET.Element, tag: str, path: Path, where: str) -> float:
         raise VOCAnnotationError(path, f"<{tag}> in {where} is not finite: {s!r}")
     return v
 
-
+# %% ../notebooks/00_data.ipynb #b565b492
 def parse_voc_xml(path: str | Path, classes: Sequence[str] | None = None) -> dict[str, Any]:
     """Parse one VOC annotation file.
 
@@ -382,10 +382,9 @@ def decode_rgb(path: str | Path) -> torch.Tensor:
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torchvision\.io")
         return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
 
-
+# %% ../notebooks/00_data.ipynb #db3234e9
 class VOCDataset(torch.utils.data.Dataset):
     """Pascal VOC detection dataset over `root/VOCdevkit/VOC{year}`, split `image_set`.
-
     `classes`: None -> the 20 VOC classes; a sequence -> those names (label = index); "infer" -> sorted names found
     in the annotations. Items are (image float32 [3,H,W] in [0,1], target dict). See chapter 00."""
 
@@ -596,7 +595,7 @@ class RandomTranspose(v2.Transform):
             return inpt.transpose(-1, -2)
         raise TypeError(f"RandomTranspose can't transpose a {type(inpt).__name__}")
 
-
+# %% ../notebooks/00_data.ipynb #8404af8b
 def _box_aligned(inputs: Any) -> tuple[torch.Tensor, ...]:
     "labels_getter for SanitizeBoundingBoxes: labels and difficult flags move with the boxes."
     target = inputs[1]

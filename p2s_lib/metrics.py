@@ -14,7 +14,6 @@ from torchvision.ops import box_iou
 
 from .augment import one_thread
 
-
 # %% auto #0
 __all__ = ['IOU_THRESHOLDS', 'RECALL_THRESHOLDS', 'AREA_RANGES', 'MAX_DETS', 'voc_ap', 'evaluate', 'to_coco', 'export_coco_json',
            'plot_pr_curves']
@@ -74,7 +73,7 @@ def _check_values(table: dict, what: str) -> None:
             raise ValueError(f"{what}[{int(table['img'][j])}]: {msg}, got box {b[j].tolist()}"
                              + (f" score {float(table['scores'][j])}" if "scores" in table else ""))
 
-
+# %% ../notebooks/09_metrics.ipynb #75cadb73
 def _flatten(predictions: Sequence[dict], targets: Sequence[dict], num_classes: int | None):
     "Check the inputs and concatenate them into flat tables with an image index per row."
     if not isinstance(predictions, Sequence) or not isinstance(targets, Sequence):
@@ -257,7 +256,7 @@ def _mean_valid(x: Tensor) -> float:
     v = x[x > -1]
     return float(v.mean()) if v.numel() else -1.0
 
-
+# %% ../notebooks/09_metrics.ipynb #32eed88d
 def evaluate(predictions: Sequence[dict], targets: Sequence[dict], num_classes: int | None = None) -> dict:
     """COCO-style AP/AR (same numbers as pycocotools COCOeval, bbox) and VOC AP50 (all-point
     and 11-point, difficult ignored). Boxes are pixel xyxy; labels 0-based. See chapter 09."""

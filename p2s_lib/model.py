@@ -13,7 +13,7 @@ import torch.nn as nn
 from torch import Tensor
 from .tokenizer import Tokenizer
 from .encoder import ImageEncoder
-from .decoder import Decoder
+from .decoder import BoxPriorDecoder, Decoder
 
 # %% ../notebooks/05b_model.ipynb #a628e5ea
 PRESETS: dict[str, dict] = {
@@ -56,11 +56,16 @@ class Pix2Seq(nn.Module):
                 raise ValueError(f"decoder {bad!r} comes from the tokenizer; got {dec[bad]!r}")
         if dec["d_model"] != enc.arguments["d_model"]:
             raise ValueError(f"encoder and decoder d_model differ: {enc.arguments['d_model']!r} vs {dec['d_model']!r}")
-        dec = inspect.signature(Decoder).bind(vocab_size=self.tokenizer.vocab_size,
+        dec = inspect.signature(BoxPriorDecoder).bind(vocab_size=self.tokenizer.vocab_size,
                                               max_len=self.tokenizer.max_seq_len, **dec)
         dec.apply_defaults()
         self.encoder = ImageEncoder(**enc.arguments)
-        self.decoder = Decoder(**dec.arguments)
+        if dec.arguments["box_prior"] is None:  # the paper's decoder; the config keeps both keys either way
+            if dec.arguments["partial_box_prior"]:
+                raise ValueError("partial_box_prior=True needs box_prior=(coord_offset, num_bins)")
+            self.decoder = Decoder(**{k: v for k, v in dec.arguments.items() if "box_prior" not in k})
+        else:
+            self.decoder = BoxPriorDecoder(**dec.arguments)
         if sincos_init:
             self.decoder.init_sincos_(self.tokenizer.coord_offset, self.tokenizer.num_bins)
         self.image_size = int(image_size)

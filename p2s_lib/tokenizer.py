@@ -12,7 +12,8 @@ from torch import Tensor
 from .quantize import dequantize, quantize
 
 # %% auto #0
-__all__ = ['TOKEN_COLORS', 'SLOT_NAMES', 'Vocabulary', 'check_boxes', 'Tokenizer', 'pad_sequences', 'show_tokens']
+__all__ = ['TOKEN_COLORS', 'SLOT_NAMES', 'VocabularyLayout', 'Vocabulary', 'check_boxes', 'Tokenizer', 'pad_sequences',
+           'show_tokens']
 
 # %% ../notebooks/02_tokenizer.ipynb #ch02-05
 def _check_int(name: str, value, minimum: int) -> int:
@@ -32,8 +33,8 @@ def _as_ids(ids, what: str = "token ids") -> Tensor:
     return ids.long()
 
 
-class Vocabulary:
-    "Token id layout: PAD=0, BOS=1, EOS=2, classes, one noise class, then coordinate bins. Chapter 02."
+class VocabularyLayout:
+    "The numbers of the token id layout: PAD=0, BOS=1, EOS=2, classes, one noise class, then coordinate bins."
     pad_id, bos_id, eos_id, class_offset = 0, 1, 2, 3
 
     def __init__(self, num_classes: int, num_bins: int, max_objects: int):
@@ -59,10 +60,14 @@ class Vocabulary:
                 f"max_objects={self.max_objects}) [vocab_size={self.vocab_size}, max_seq_len={self.max_seq_len}]")
 
     def __eq__(self, other) -> bool:
-        return isinstance(other, Vocabulary) and self.to_dict() == other.to_dict()
+        return isinstance(other, VocabularyLayout) and self.to_dict() == other.to_dict()
 
     def __hash__(self) -> int:
         return hash(tuple(self.to_dict().values()))
+
+# %% ../notebooks/02_tokenizer.ipynb #3bebd033
+class Vocabulary(VocabularyLayout):
+    "Token id layout: PAD=0, BOS=1, EOS=2, classes, one noise class, then coordinate bins. Chapter 02."
 
     # --- which ids are what -------------------------------------------------------------
     def is_coord(self, ids) -> Tensor:

@@ -5,14 +5,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
-from p2s_lib.decoder import (Decoder, DecoderLayer, KVCache, MultiHeadAttention, box_prior_bias, causal_mask,
+from p2s_lib.decoder import (BoxPriorDecoder, Decoder, DecoderLayer, KVCache, MultiHeadAttention, box_prior_bias, causal_mask,
                              has_box_prior)
 
 
 def small_decoder(**kw) -> Decoder:
     torch.manual_seed(0)
     args = dict(vocab_size=50, max_len=40, d_model=32, num_layers=2, num_heads=4, dim_feedforward=64, dropout=0.1)
-    return Decoder(**{**args, **kw}).eval()
+    kind = BoxPriorDecoder if any("box_prior" in k for k in kw) else Decoder  # section 8's extension
+    return kind(**{**args, **kw}).eval()
 
 
 def test_causal_mask():
@@ -244,7 +245,7 @@ def test_box_prior_bias_is_bounded_and_zero_off_class_steps(length, seed, grid):
 def test_box_prior_cache_equals_full_pass_and_gain_zero_is_plain():
     dec = small_decoder(vocab_size=72, max_len=51, box_prior=(8, 64))
     plain = small_decoder(vocab_size=72, max_len=51)
-    assert dec.box_prior_gain.shape == (2 * 4,) and plain.box_prior_gain is None
+    assert dec.box_prior_gain.shape == (2 * 4,) and not hasattr(plain, "box_prior_gain")
     tokens = torch.randint(8, 72, (2, 51), generator=torch.Generator().manual_seed(1))
     tokens[:, 0] = 1
     mem = torch.randn(2, 16, 32)
