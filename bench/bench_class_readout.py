@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 from p2s_lib.augment import build_batch
-from p2s_lib.data import collate_fn, make_synthetic_voc, make_transforms
+from p2s_lib.data import collate_fn, make_synthetic_voc
+from p2s_lib.transforms import make_transforms
 from p2s_lib.inference import recall_at_iou
 from p2s_lib.model import load_model
 from p2s_lib.config import build_dataset

@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from p2s_lib.augment import build_batch
-from p2s_lib.data import SYNTHETIC_CLASSES, make_synthetic_voc, make_transforms
+from p2s_lib.data import SYNTHETIC_CLASSES, make_synthetic_voc
+from p2s_lib.transforms import make_transforms
 from p2s_lib.loss import weighted_cross_entropy
 from p2s_lib.model import Pix2Seq
 from p2s_lib.config import build_dataset

@@ -19,7 +19,8 @@ from p2s_lib.metrics import evaluate
 from p2s_lib.model import load_model
 from p2s_lib.recipes import make_config
 from p2s_lib.config import build_dataset
-from p2s_lib.data import collate_fn, make_transforms
+from p2s_lib.data import collate_fn
+from p2s_lib.transforms import make_transforms
 from p2s_lib.train import Trainer
 
 

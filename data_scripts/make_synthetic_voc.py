@@ -9,7 +9,7 @@ Usage::
 Result: ``ROOT/VOCdevkit/VOC2007/{JPEGImages,Annotations,ImageSets/Main}``, readable by
 ``p2s_lib.data.VOCDataset(ROOT, classes=SYNTHETIC_CLASSES)`` and ``torchvision.datasets.VOCDetection``.
 Same arguments give byte-identical files. A thin wrapper around ``p2s_lib.data.make_synthetic_voc``
-(chapter 00, notebooks/00_data.ipynb).
+(chapter 00, notebooks/00_synthetic.ipynb).
 """
 
 from __future__ import annotations

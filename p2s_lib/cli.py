@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from .data import VOCDataset, decode_rgb, make_synthetic_voc, make_transforms
+from .data import VOCDataset, decode_rgb, make_synthetic_voc
+from .transforms import make_transforms
 from .inference import predict
 from .metrics import export_coco_json
 from .encoder import WeightsUnavailable

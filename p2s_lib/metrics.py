@@ -10,7 +10,7 @@ from typing import Sequence
 import numpy as np
 import torch
 from torch import Tensor
-from torchvision.ops import box_iou
+from torchvision.ops import box_area, box_convert, box_iou
 
 from .augment import one_thread
 
@@ -242,10 +242,6 @@ def _match_all(det: dict, gt: dict, max_det: int = 100) -> dict:
     return out
 
 # %% ../notebooks/09_metrics.ipynb #ch09-26
-def _box_area(b: Tensor) -> Tensor:
-    return (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-
-
 def _out_of_range(area: Tensor) -> Tensor:
     "bool [n, A]: area outside each COCO area range (COCOeval's `a < lo or a > hi`)."
     return torch.stack([(area < lo) | (area > hi) for lo, hi in AREA_RANGES.values()], 1)
@@ -275,8 +271,8 @@ def _evaluate(predictions: Sequence[dict], targets: Sequence[dict], num_classes:
     gt = {k: v[o] for k, v in gt.items()}
     _, inv, cnt = torch.unique_consecutive(det["key"], return_inverse=True, return_counts=True)
     det["rank"] = torch.arange(det["key"].numel()) - (cnt.cumsum(0) - cnt)[inv]
-    det["out_of_range"] = _out_of_range(_box_area(det["boxes"]))
-    gt["out_of_range"] = _out_of_range(_box_area(gt["boxes"]))
+    det["out_of_range"] = _out_of_range(box_area(det["boxes"]))
+    gt["out_of_range"] = _out_of_range(box_area(gt["boxes"]))
     res = _match_all(det, gt, max_det=MAX_DETS[-1])
     # accumulate per class over all images: order by (-score, image, rank)
     o = _stable_order(det["labels"], -det["scores"])
@@ -333,8 +329,7 @@ def _evaluate(predictions: Sequence[dict], targets: Sequence[dict], num_classes:
 
 # %% ../notebooks/09_metrics.ipynb #ch09-29
 def _xywh(b: Tensor) -> list[list[float]]:
-    b = b.double()
-    return torch.stack([b[:, 0], b[:, 1], b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]], 1).tolist()
+    return box_convert(b.double(), "xyxy", "xywh").tolist()
 
 
 def to_coco(predictions: Sequence[dict], targets: Sequence[dict], num_classes: int | None = None,

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .data import make_transforms
+from .transforms import make_transforms
 from .model import Pix2Seq, load_model, save_model
 from .loss import weighted_cross_entropy
 from .inference import amp_dtype

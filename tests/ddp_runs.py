@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from p2s_lib.data import SYNTHETIC_CLASSES, make_transforms
+from p2s_lib.data import SYNTHETIC_CLASSES
+from p2s_lib.transforms import make_transforms
 from p2s_lib.model import load_model
 from p2s_lib.config import TrainConfig, build_dataset
 from p2s_lib.distributed import evaluate_model

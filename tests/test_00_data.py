@@ -10,10 +10,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-import p2s_lib.data as data
-from p2s_lib.data import (SYNTHETIC_CLASSES, VOC_CLASSES, VOCAnnotationError, VOCDataset, VOCImageError,
-                          VOCMissingError, VOCWarning, collate_fn, draw_target, infer_classes, make_synthetic_voc,
-                          make_transforms, parse_voc_xml, RandomTranspose)
+import p2s_lib.synthetic as synthetic
+from p2s_lib.data import (VOC_CLASSES, VOCAnnotationError, VOCDataset, VOCImageError, VOCMissingError, VOCWarning,
+                          collate_fn, draw_target, infer_classes, parse_voc_xml)
+from p2s_lib.synthetic import SYNTHETIC_CLASSES, make_synthetic_voc
+from p2s_lib.transforms import make_transforms, RandomTranspose
 from torchvision import tv_tensors
 
 
@@ -129,7 +130,7 @@ def test_generator_refuses_to_overwrite(tmp_path):
 
 def test_generator_interrupted_leaves_no_tree(tmp_path, monkeypatch):
     calls = []
-    real = data._annotation_xml
+    real = synthetic._annotation_xml
 
     def flaky(*args):
         calls.append(1)
@@ -137,7 +138,7 @@ def test_generator_interrupted_leaves_no_tree(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(*args)
 
-    monkeypatch.setattr(data, "_annotation_xml", flaky)
+    monkeypatch.setattr(synthetic, "_annotation_xml", flaky)
     with pytest.raises(KeyboardInterrupt):
         make_synthetic_voc(tmp_path, num_images=5, image_size=48)
     assert list((tmp_path / "VOCdevkit").iterdir()) == []

@@ -13,7 +13,8 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 import p2s_lib.train as train_mod
-from p2s_lib.data import SYNTHETIC_CLASSES, VOCDataset, make_transforms
+from p2s_lib.data import SYNTHETIC_CLASSES, VOCDataset
+from p2s_lib.transforms import make_transforms
 from p2s_lib.model import load_model
 import p2s_lib.distributed as distributed_mod
 from p2s_lib.config import TrainConfig, check_sets, config_table, resolve_classes, resolve_splits, validate_config
@@ -141,7 +142,7 @@ def test_checkpoints_log_and_plot_are_written(synthetic_root, tmp_path):
 
 def test_vflip_transpose_and_color_jitter_reach_the_train_pipeline(synthetic_root, tmp_path):
     from torchvision.transforms import v2
-    from p2s_lib.data import RandomTranspose
+    from p2s_lib.transforms import RandomTranspose
     cfg = tiny_config(synthetic_root, tmp_path, vflip=0.25, transpose=0.75, color_jitter=0.2)
     steps = Trainer(cfg).train_data.transforms.pipeline.transforms
     flips = {type(t): t.p for t in steps if isinstance(t, (v2.RandomVerticalFlip, RandomTranspose))}

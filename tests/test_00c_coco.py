@@ -9,8 +9,8 @@ from PIL import Image
 
 import p2s_lib.coco as coco_mod
 from p2s_lib.coco import COCOAnnotationError, COCODataset, coco_classes, coco_records, load_coco, voc_to_coco
-from p2s_lib.data import (SYNTHETIC_CLASSES, VOCAnnotationError, VOCDataset, VOCImageError, VOCMissingError,
-                          VOCWarning, make_transforms)
+from p2s_lib.data import SYNTHETIC_CLASSES, VOCAnnotationError, VOCDataset, VOCImageError, VOCMissingError, VOCWarning
+from p2s_lib.transforms import make_transforms
 
 
 # ---------------------------------------------------------------- fixtures + helpers
