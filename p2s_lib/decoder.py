@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor
 from .encoder import sincos_1d
 
@@ -36,7 +37,7 @@ class MultiHeadAttention(nn.Module):
 
     def split_heads(self, x: Tensor) -> Tensor:
         """[B, T, d] -> [B, heads, T, head_dim]"""
-        return x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
+        return rearrange(x, "b t (heads d) -> b heads t d", heads=self.num_heads)
 
     def project_kv(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Keys and values of x [B, S, d], each [B, heads, S, head_dim]."""
@@ -72,7 +73,7 @@ class MultiHeadAttention(nn.Module):
             else:
                 out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask if bias is None else bias.to(q.dtype),
                                                      dropout_p=p)
-        return self.out_proj(out.transpose(1, 2).flatten(2)), weights
+        return self.out_proj(rearrange(out, "b heads t d -> b t (heads d)")), weights
 
 # %% ../notebooks/05_decoder.ipynb #0d06cb2d
 class KVCache:

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torchvision
+from einops import rearrange
 from torch import Tensor
 
 
@@ -164,7 +165,7 @@ class ImageEncoder(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         f = self.proj(self.features(images))                      # [B, d, h, w]
         _, d, h, w = f.shape
-        x = self.proj_norm(f.flatten(2).transpose(1, 2))          # [B, h*w, d], row-major
+        x = self.proj_norm(rearrange(f, "b d h w -> b (h w) d"))  # one token per cell, row-major
         pos = self.positions if self.positions_grid == (h, w) else sincos_2d_position_embedding(h, w, d)
         x = self.dropout(x + pos.to(x))
         for layer in self.layers:

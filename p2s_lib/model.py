@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 import torch
 import torch.nn as nn
+from einops import rearrange
 from torch import Tensor
 from .tokenizer import Tokenizer
 from .encoder import ImageEncoder
@@ -161,4 +162,4 @@ def cross_attention_maps(model: Pix2Seq, images: Tensor, input_tokens: Tensor, l
     [B, T, h, w] for decoder layer `layer` (ch. 05b)."""
     _, attn = model(images, input_tokens, return_attention=True)
     h, w = model.encoder.grid_size(*images.shape[-2:])
-    return attn["cross"][layer].mean(dim=1).unflatten(-1, (h, w))
+    return rearrange(attn["cross"][layer].mean(dim=1), "b t (h w) -> b t h w", h=h, w=w)
