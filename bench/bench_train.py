@@ -23,7 +23,6 @@ from p2s_lib.inference import generate
 from p2s_lib.model import load_model, save_model
 from p2s_lib.recipes import make_config
 from p2s_lib.config import build_dataset
-from p2s_lib.data import collate_fn
 from p2s_lib.transforms import make_transforms
 from p2s_lib.distributed import evaluate_model, setup_distributed
 from p2s_lib.train import Trainer

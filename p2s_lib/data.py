@@ -11,7 +11,6 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from torchvision import tv_tensors
 from torchvision.io import ImageReadMode, decode_image, read_file
 

@@ -61,11 +61,9 @@ class Pix2Seq(nn.Module):
                                               max_len=self.tokenizer.max_seq_len, **dec)
         dec.apply_defaults()
         self.encoder = ImageEncoder(**enc.arguments)
-        if dec.arguments["box_prior"] is None:  # the paper's decoder; the config keeps both keys either way
-            if dec.arguments["partial_box_prior"]:
-                raise ValueError("partial_box_prior=True needs box_prior=(coord_offset, num_bins)")
+        if dec.arguments["box_prior"] is None and not dec.arguments["partial_box_prior"]:  # the paper's decoder
             self.decoder = Decoder(**{k: v for k, v in dec.arguments.items() if "box_prior" not in k})
-        else:
+        else:  # BoxPriorDecoder checks the prior's arguments; the config keeps both keys either way
             self.decoder = BoxPriorDecoder(**dec.arguments)
         if sincos_init:
             self.decoder.init_sincos_(self.tokenizer.coord_offset, self.tokenizer.num_bins)
