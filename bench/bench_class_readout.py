@@ -19,7 +19,7 @@ import torch
 from p2s_lib.augment import build_batch
 from p2s_lib.data import collate_fn, make_synthetic_voc
 from p2s_lib.transforms import make_transforms
-from p2s_lib.inference import recall_at_iou
+from p2s_lib.metrics import recall_at_iou
 from p2s_lib.model import load_model
 from p2s_lib.config import build_dataset
 from p2s_lib.distributed import evaluate_model

@@ -3,7 +3,7 @@
 # %% auto #0
 __all__ = ['top_k_top_p_filter', 'allowed_tokens', 'hash_uniform', 'sample_tokens', 'amp_dtype', 'refine_bin', 'next_token',
            'compiled_decoder_step', 'generate', 'postprocess', 'predict', 'draw_predictions', 'draw_detections',
-           'tile_images', 'save_png', 'recall_at_iou']
+           'tile_images', 'save_png']
 
 # %% ../notebooks/08_inference.ipynb #ch08-002
 import math
@@ -11,7 +11,6 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from torchvision.ops import box_iou
 
 from .quantize import dequantize
 from .data import draw_target
@@ -358,28 +357,3 @@ def save_png(image: torch.Tensor, path: str | Path) -> Path:
     from PIL import Image
     Image.fromarray(image.permute(1, 2, 0).contiguous().numpy()).save(path)
     return Path(path)
-
-# %% ../notebooks/08_inference.ipynb #ch08-040
-def recall_at_iou(preds: list[dict], targets: list[dict], iou_threshold: float = 0.5,
-                  class_agnostic: bool = False) -> float:
-    """Share of ground-truth boxes found: matched by a prediction of the same class (any class with
-    `class_agnostic`) with IoU >= threshold. Predictions go in score order and each takes at most one
-    box, the best one still free, as in VOC matching. No score threshold (chapter 08)."""
-    if len(preds) != len(targets):
-        raise ValueError(f"{len(preds)} prediction dicts for {len(targets)} targets")
-    found = total = 0
-    for p, t in zip(preds, targets):
-        total += len(t["boxes"])
-        if len(p["boxes"]) == 0 or len(t["boxes"]) == 0:
-            continue
-        iou = box_iou(p["boxes"].float(), t["boxes"].float())
-        if not class_agnostic:
-            iou = iou * (p["labels"][:, None] == t["labels"][None, :])
-        taken = torch.zeros(len(t["boxes"]), dtype=torch.bool)
-        for i in p["scores"].argsort(descending=True).tolist():
-            free = iou[i].masked_fill(taken, 0)
-            j = int(free.argmax())
-            if free[j] >= iou_threshold:
-                taken[j] = True
-        found += int(taken.sum())
-    return found / max(total, 1)

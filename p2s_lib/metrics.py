@@ -12,11 +12,10 @@ import torch
 from torch import Tensor
 from torchvision.ops import box_area, box_convert, box_iou
 
-from .augment import one_thread
-
 # %% auto #0
-__all__ = ['IOU_THRESHOLDS', 'RECALL_THRESHOLDS', 'AREA_RANGES', 'MAX_DETS', 'voc_ap', 'evaluate', 'to_coco', 'export_coco_json',
-           'plot_pr_curves']
+__all__ = ['IOU_THRESHOLDS', 'RECALL_THRESHOLDS', 'AREA_RANGES', 'MAX_DETS', 'PREDICTION_KEYS', 'TARGET_KEYS', 'voc_ap',
+           'match_coco', 'match_voc', 'out_of_range', 'evaluate_image', 'coco_curves', 'voc_class_ap', 'evaluate',
+           'summarize', 'to_coco', 'export_coco_json', 'recall_at_iou', 'plot_pr_curves']
 
 # %% ../notebooks/09_metrics.ipynb #ch09-12
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
@@ -42,315 +41,244 @@ def voc_ap(recall: Tensor, precision: Tensor, use_07_metric: bool = False) -> fl
     return float(((mrec[i + 1] - mrec[i]) * mpre[i + 1]).sum())
 
 # %% ../notebooks/09_metrics.ipynb #ch09-18
-def _as_boxes(x, what: str, i: int) -> Tensor:
-    b = torch.as_tensor(x, dtype=torch.float64)
-    if b.numel() == 0:
+PREDICTION_KEYS, TARGET_KEYS = ("boxes", "scores", "labels"), ("boxes", "labels")
+
+
+def _boxes(x, what: str, i: int) -> np.ndarray:
+    "One image's boxes as float64 [n, 4], checked: finite, xyxy with x2 >= x1 and y2 >= y1."
+    b = torch.as_tensor(x, dtype=torch.float64).numpy()
+    if b.size == 0:
         return b.reshape(0, 4)
     if b.ndim != 2 or b.shape[1] != 4:
         raise ValueError(f"{what}[{i}]['boxes'] must have shape [n, 4], got {tuple(b.shape)}")
+    for bad, msg in ((~np.isfinite(b).all(1), "boxes must be finite"),
+                     ((b[:, 2] < b[:, 0]) | (b[:, 3] < b[:, 1]), "boxes must be xyxy with x2 >= x1 and y2 >= y1")):
+        if bad.any():
+            raise ValueError(f"{what}[{i}]: {msg}, got box {b[bad.argmax()].tolist()}")
     return b
 
 
-def _as_vector(x, n: int, what: str, i: int, key: str, dtype) -> Tensor:
-    v = torch.as_tensor(x)
-    if v.numel() == 0 and n == 0:
-        return v.reshape(0).to(dtype)
+def _per_box(x, n: int, what: str, i: int, key: str) -> np.ndarray:
+    "One value per box (scores, labels, difficult) as float64 [n], checked."
+    v = torch.as_tensor(x).double().numpy()
+    if v.size == 0 and n == 0:
+        return v.reshape(0)
     if v.ndim != 1 or v.shape[0] != n:
         raise ValueError(f"{what}[{i}]['{key}'] must have shape [{n}] (one per box), got {tuple(v.shape)}")
-    return v.to(dtype)
+    if not np.isfinite(v).all():
+        raise ValueError(f"{what}[{i}]['{key}'] must be finite, got {v[~np.isfinite(v)][0]}")
+    if key == "labels" and ((v != v.round()) | (v < 0)).any():
+        raise ValueError(f"{what}[{i}]['labels'] must be integers >= 0, got {v[(v != v.round()) | (v < 0)][0]}")
+    return v
 
 
-def _check_values(table: dict, what: str) -> None:
-    "Checks on the concatenated table; errors name the first offending image."
-    b = table["boxes"]
-    checks = [(~torch.isfinite(b).all(1), "boxes must be finite"),
-              ((b[:, 2] < b[:, 0]) | (b[:, 3] < b[:, 1]), "boxes must be xyxy with x2 >= x1 and y2 >= y1")]
-    if "scores" in table:
-        checks.append((~torch.isfinite(table["scores"]), "scores must be finite"))
-    for bad, msg in checks:
-        if bad.any():
-            j = int(torch.nonzero(bad)[0])
-            raise ValueError(f"{what}[{int(table['img'][j])}]: {msg}, got box {b[j].tolist()}"
-                             + (f" score {float(table['scores'][j])}" if "scores" in table else ""))
+def _check_image(d, what: str, i: int) -> dict:
+    "One image's dict as numpy arrays: boxes, labels (int64), and scores or difficult (bool)."
+    keys = PREDICTION_KEYS if what == "predictions" else TARGET_KEYS
+    if not isinstance(d, dict) or any(k not in d for k in keys):
+        raise ValueError(f"{what}[{i}] must be a dict with keys {keys}, got {sorted(d) if isinstance(d, dict) else d!r}")
+    out = {"boxes": _boxes(d["boxes"], what, i)}
+    n = len(out["boxes"])
+    for key in keys[1:]:
+        out[key] = _per_box(d[key], n, what, i, key)
+    out["labels"] = out["labels"].astype(np.int64)
+    if what == "targets":
+        difficult = d.get("difficult")
+        out["difficult"] = np.zeros(n, bool) if difficult is None else _per_box(difficult, n, what, i, "difficult") != 0
+    return out
 
-# %% ../notebooks/09_metrics.ipynb #75cadb73
-def _flatten(predictions: Sequence[dict], targets: Sequence[dict], num_classes: int | None):
-    "Check the inputs and concatenate them into flat tables with an image index per row."
+
+def _check_inputs(predictions: Sequence[dict], targets: Sequence[dict], num_classes: int | None):
+    "Checked per-image numpy dicts of predictions and targets, and the number of classes."
     if not isinstance(predictions, Sequence) or not isinstance(targets, Sequence):
         raise ValueError(f"predictions and targets must be lists of dicts, got {type(predictions).__name__} and {type(targets).__name__}")
     if len(predictions) != len(targets):
         raise ValueError(f"predictions and targets must have the same length (one per image), got {len(predictions)} and {len(targets)}")
-    det = {"boxes": [], "scores": [], "labels": []}
-    gt = {"boxes": [], "labels": [], "difficult": []}
-    for i, (p, t) in enumerate(zip(predictions, targets)):
-        for what, d, keys in (("predictions", p, ("boxes", "scores", "labels")), ("targets", t, ("boxes", "labels"))):
-            if not isinstance(d, dict) or any(k not in d for k in keys):
-                raise ValueError(f"{what}[{i}] must be a dict with keys {keys}, got {sorted(d) if isinstance(d, dict) else d!r}")
-        b = _as_boxes(p["boxes"], "predictions", i)
-        det["boxes"].append(b)
-        det["scores"].append(_as_vector(p["scores"], len(b), "predictions", i, "scores", torch.float64))
-        det["labels"].append(_as_vector(p["labels"], len(b), "predictions", i, "labels", torch.float64))
-        g = _as_boxes(t["boxes"], "targets", i)
-        gt["boxes"].append(g)
-        gt["labels"].append(_as_vector(t["labels"], len(g), "targets", i, "labels", torch.float64))
-        diff = t.get("difficult")
-        gt["difficult"].append(torch.zeros(len(g), dtype=torch.bool) if diff is None
-                               else _as_vector(diff, len(g), "targets", i, "difficult", torch.bool))
-    out = []
-    for what, table in (("predictions", det), ("targets", gt)):
-        n = torch.tensor([len(b) for b in table["boxes"]], dtype=torch.int64)
-        table = {k: torch.cat(v) if v else torch.zeros((0, 4) if k == "boxes" else 0, dtype=torch.float64)
-                 for k, v in table.items()}
-        table["img"] = torch.repeat_interleave(torch.arange(len(n)), n)
-        _check_values(table, what)
-        lab = table["labels"]
-        if (lab != lab.round()).any() or (lab < 0).any():
-            j = int(torch.nonzero((lab != lab.round()) | (lab < 0))[0])
-            raise ValueError(f"{what}[{int(table['img'][j])}]['labels'] must be integers >= 0, got {float(lab[j])}")
-        table["labels"] = lab.long()
-        if "difficult" in table:
-            table["difficult"] = table["difficult"].bool()
-        out.append(table)
-    det, gt = out
-    labels = torch.cat([det["labels"], gt["labels"]])
-    if num_classes is None:
-        num_classes = int(labels.max()) + 1 if labels.numel() else 0
-    if labels.numel() and labels.max() >= num_classes:
-        raise ValueError(f"labels must lie in [0, num_classes={num_classes}), got {int(labels.max())}")
-    return det, gt, num_classes
-
-
-def _stable_order(*keys: Tensor) -> Tensor:
-    "Permutation sorting rows by keys[0], then keys[1], ... (all ascending, stable)."
-    order = torch.arange(keys[0].numel())
-    for k in reversed(keys):
-        order = order[torch.sort(k[order], stable=True).indices]
-    return order
+    dets = [_check_image(p, "predictions", i) for i, p in enumerate(predictions)]
+    gts = [_check_image(t, "targets", i) for i, t in enumerate(targets)]
+    top = max((int(d["labels"].max()) for d in dets + gts if len(d["labels"])), default=-1)
+    num_classes = top + 1 if num_classes is None else num_classes
+    if top >= num_classes:
+        raise ValueError(f"labels must lie in [0, num_classes={num_classes}), got {top}")
+    return dets, gts, num_classes
 
 # %% ../notebooks/09_metrics.ipynb #ch09-21
-def _greedy_match(iou: Tensor, cand: Tensor, gt_ignore: Tensor, thresholds: Tensor) -> tuple[Tensor, Tensor]:
-    """COCOeval's greedy matching for R (image, class) rows at once, all IoU thresholds together.
-
-    iou [R,D,G] (dets in score order, padding = -1), cand [R,D] dets that can match at all,
-    gt_ignore [R,G]. Returns matched, matched_to_an_ignored_gt: bool [R,D,T]."""
-    R, D, G = iou.shape
-    T = thresholds.numel()
-    if G == 1:                      # one gt: the first candidate above the threshold takes it
-        ok = cand[..., None] & (iou >= thresholds)
-        matched = ok & (ok.cumsum(1) == 1)
-        return matched, matched & gt_ignore[:, None, :]
-    matched = torch.zeros(R, D, T, dtype=torch.bool)
-    on_ignored = torch.zeros(R, D, T, dtype=torch.bool)
-    counts = cand.sum(1)
-    if R == 0 or int(counts.max()) == 0:
-        return matched, on_ignored
-    order = torch.argsort(counts, descending=True, stable=True)   # active rows form a prefix
-    counts, cand, gt_ign = counts[order], cand[order], gt_ignore[order][:, None, :]
-    C = int(counts[0])
-    slot = torch.where(cand, cand.cumsum(1) - 1, C)                # compact the candidates, order kept
-    det_of_slot = torch.zeros(R, C + 1, dtype=torch.int64).scatter_(1, slot, torch.arange(D).expand(R, D))[:, :C]
-    iou_c = iou[order].gather(1, det_of_slot[:, :, None].expand(R, C, G))
-    thr = thresholds.view(1, T, 1)
-    taken = torch.zeros(R, T, G, dtype=torch.bool)
-    got = torch.zeros(R, C, T, dtype=torch.bool)
-    got_ign = torch.zeros(R, C, T, dtype=torch.bool)
-    gid = torch.arange(1, G + 1)
-    for s in range(C):
-        n = int((counts > s).sum())
-        v = iou_c[:n, s, None, :]                                   # [n,1,G]
-        ok = (v >= thr) & ~taken[:n]                                # above threshold and still free
-        regular = ok & ~gt_ign[:n]
-        pool = torch.where(regular.any(-1, keepdim=True), regular, ok)  # regular gts first, ignored as fallback
-        val = torch.where(pool, v, -1.0)
-        win = pool & (val == val.amax(-1, keepdim=True))
-        best = (win * gid).amax(-1)                                 # last best gt (COCOeval's '<' test); 0 = none
-        hit = gid == best[..., None]
-        taken[:n] |= hit
-        got[:n, s] = best > 0
-        got_ign[:n, s] = (hit & gt_ign[:n]).any(-1)
-    valid = torch.arange(C) < counts[:, None]
-    rows = order[torch.arange(R)[:, None].expand(R, C)[valid]]
-    cols = det_of_slot[valid]
-    matched[rows, cols] = got[valid]
-    on_ignored[rows, cols] = got_ign[valid]
-    return matched, on_ignored
-
-
-def _match_areas(iou: Tensor, cand: Tensor, gt_ignore: Tensor, gvalid: Tensor, thresholds: Tensor) -> tuple[Tensor, Tensor]:
-    """Greedy matching for every area range: gt_ignore [P,A,G]. A range that ignores all or none of a
-    pair's gts matches exactly like 'ignore none', so only mixed (pair, range) cases are re-run."""
-    P, D, G = iou.shape
-    A = gt_ignore.shape[1]
-    all_ign = (gt_ignore | ~gvalid[:, None, :]).all(-1)             # [P,A]
-    mixed = (gt_ignore & gvalid[:, None, :]).any(-1) & ~all_ign
-    mp, ma = torch.nonzero(mixed, as_tuple=True)
-    rows = torch.cat([torch.arange(P), mp])
-    pattern = torch.cat([torch.zeros(P, G, dtype=torch.bool), gt_ignore[mp, ma]])
-    m, ig = _greedy_match(iou[rows], cand[rows], pattern, thresholds)
-    matched = m[:P, :, None, :].expand(P, D, A, m.shape[-1]).clone()
-    on_ignored = matched & all_ign[:, None, :, None]
-    matched[mp, :, ma] = m[P:]
-    on_ignored[mp, :, ma] = ig[P:]
-    return matched, on_ignored
+def match_coco(ious: np.ndarray, ignored: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """COCOeval's greedy matching of one image and class, at every IoU threshold at once.
+    ious [D, G]: detections in score order, objects with the ignored ones last (ignored [G]).
+    Returns matched [T, D] and matched_to_ignored [T, D]."""
+    thresholds = np.minimum(IOU_THRESHOLDS, 1 - 1e-10)[:, None]         # [T, 1], as COCOeval
+    (D, G), T = ious.shape, len(IOU_THRESHOLDS)
+    matched, to_ignored = np.zeros((T, D), bool), np.zeros((T, D), bool)
+    if G == 1:                                       # one object: the first detection above t takes it
+        above = (ious[:, 0] >= thresholds)           # [T, D]
+        matched = above & (above.cumsum(1) == 1)
+        return matched, matched & ignored[0]
+    taken = np.zeros((T, G), bool)
+    for d in np.nonzero(ious.max(1, initial=0) >= thresholds[0])[0]:   # in score order, only candidates
+        free = ~taken & (ious[d] >= thresholds)       # [T, G]: what d-1 left, above each threshold
+        regular = free & ~ignored
+        allowed = np.where(regular.any(1, keepdims=True), regular, free)   # ignored objects only as a fallback
+        best = G - 1 - np.where(allowed, ious[d], -1.0)[:, ::-1].argmax(1)  # highest IoU; the later one on ties
+        hit = allowed.any(1)
+        taken[hit, best[hit]] = True
+        matched[:, d], to_ignored[:, d] = hit, hit & ignored[best]
+    return matched, to_ignored
 
 # %% ../notebooks/09_metrics.ipynb #ch09-24
-def _ceil_log2(x: Tensor) -> Tensor:
-    return torch.ceil(torch.log2(x.clamp(min=1).double())).long()
-
-
-def _match_all(det: dict, gt: dict, max_det: int = 100) -> dict:
-    """Per-detection outcomes: COCO matched/ignored [n,A,T] and VOC tp/ignored [n].
-    `det` and `gt` must be sorted by (pair, rank)."""
-    n, m = det["key"].numel(), gt["key"].numel()
-    A, T = len(AREA_RANGES), len(IOU_THRESHOLDS)
-    out = {"coco_matched": torch.zeros(n, A, T, dtype=torch.bool), "coco_ignored": torch.zeros(n, A, T, dtype=torch.bool),
-           "voc_tp": torch.zeros(n, dtype=torch.bool), "voc_ignored": torch.zeros(n, dtype=torch.bool)}
-    if n == 0 or m == 0:
-        return out
-    thresholds = torch.from_numpy(np.minimum(IOU_THRESHOLDS, 1 - 1e-10))
-    gkeys, gcounts = torch.unique_consecutive(gt["key"], return_counts=True)
-    gstart = gcounts.cumsum(0) - gcounts
-    dstart = torch.searchsorted(det["key"], gkeys, side="left")
-    dcounts = torch.searchsorted(det["key"], gkeys, side="right") - dstart
-    bucket = _ceil_log2(gcounts) * 64 + _ceil_log2(dcounts)
-    bucket[dcounts == 0] = -1                                       # no detections: nothing to match
-    for b in torch.unique(bucket).tolist():
-        if b < 0:
-            continue
-        pairs = torch.nonzero(bucket == b).flatten()
-        G, D = int(gcounts[pairs].max()), int(dcounts[pairs].max())
-        gvalid = torch.arange(G) < gcounts[pairs, None]
-        dvalid = torch.arange(D) < dcounts[pairs, None]
-        gidx = torch.where(gvalid, gstart[pairs, None] + torch.arange(G), 0)
-        didx = torch.where(dvalid, dstart[pairs, None] + torch.arange(D), 0)
-        iou = torch.vmap(box_iou)(det["boxes"][didx], gt["boxes"][gidx])  # [P,D,G], float64
-        iou = iou.masked_fill(~(dvalid[:, :, None] & gvalid[:, None, :]), -1.0)
-        best_iou, best_gt = iou.max(-1)                             # VOC: the max-IoU gt (first on ties)
-        # --- VOC (devkit rule): IoU > 0.5 with the best gt; difficult -> ignored; gt already taken -> FP
-        hit = dvalid & (best_iou > 0.5)
-        hit_difficult = hit & gt["difficult"][gidx.gather(1, best_gt)]
-        claim = (best_gt[..., None] == torch.arange(G)) & (hit & ~hit_difficult)[..., None]
-        first = (claim & (claim.cumsum(1) == 1)).any(-1)
-        out["voc_tp"][didx[first]] = True
-        out["voc_ignored"][didx[hit_difficult]] = True
-        # --- COCO greedy matching, top max_det per pair, all IoU thresholds and area ranges at once
-        cand = dvalid & (best_iou >= thresholds[0]) & (det["rank"][didx] < max_det)
-        gt_ignore = gt["out_of_range"][gidx].permute(0, 2, 1)      # [P,A,G]
-        mt, ig = _match_areas(iou, cand, gt_ignore, gvalid, thresholds)
-        out["coco_matched"][didx[dvalid]] = mt[dvalid]
-        out["coco_ignored"][didx[dvalid]] = ig[dvalid]
-    return out
+def match_voc(ious: np.ndarray, difficult: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The VOC devkit's matching of one image and class: each detection, in score order, looks only at
+    its highest-IoU object (the first on ties). IoU > 0.5 with a difficult object: ignored; with a free
+    one: TP; anything else: FP. Returns tp [D] and ignored [D]."""
+    D, G = ious.shape
+    tp, ignored = np.zeros(D, bool), np.zeros(D, bool)
+    taken = np.zeros(G, bool)
+    for d in range(D * (G > 0)):
+        g = ious[d].argmax()
+        if ious[d, g] > 0.5:
+            if difficult[g]:
+                ignored[d] = True
+            elif not taken[g]:
+                tp[d] = taken[g] = True
+    return tp, ignored
 
 # %% ../notebooks/09_metrics.ipynb #ch09-26
-def _out_of_range(area: Tensor) -> Tensor:
-    "bool [n, A]: area outside each COCO area range (COCOeval's `a < lo or a > hi`)."
-    return torch.stack([(area < lo) | (area > hi) for lo, hi in AREA_RANGES.values()], 1)
+def out_of_range(boxes: np.ndarray) -> np.ndarray:
+    "bool [n, A]: box area outside each COCO area range (COCOeval's `a < lo or a > hi`)."
+    area = box_area(torch.from_numpy(boxes)).numpy()[:, None]
+    lo, hi = np.array(list(AREA_RANGES.values())).T
+    return (area < lo) | (area > hi)
 
 
-def _mean_valid(x: Tensor) -> float:
-    "COCOeval's summary: the mean over entries > -1, or -1 if there are none."
-    v = x[x > -1]
-    return float(v.mean()) if v.numel() else -1.0
+def evaluate_image(det: dict, gt: dict, max_det: int = MAX_DETS[-1]) -> dict:
+    """Match one image's detections of one class to its objects of that class: COCO at every area range
+    and IoU threshold (top `max_det` detections), and VOC (all detections)."""
+    order = np.argsort(-det["scores"], kind="stable")                  # ties keep their input order
+    boxes, scores = det["boxes"][order], det["scores"][order]
+    ious = box_iou(torch.from_numpy(boxes), torch.from_numpy(gt["boxes"])).numpy()     # [D, G]
+    voc_tp, voc_ignored = match_voc(ious, gt["difficult"])
+    det_out, gt_out = out_of_range(boxes[:max_det]), out_of_range(gt["boxes"])
+    matched, ignored = [], []
+    for a in range(len(AREA_RANGES)):
+        regular_first = np.argsort(gt_out[:, a], kind="stable")
+        m, to_ignored = match_coco(ious[:max_det, regular_first], gt_out[regular_first, a])
+        matched.append(m)
+        ignored.append(to_ignored | (~m & det_out[:, a]))             # an unmatched detection out of range
+    return {"scores": scores, "matched": np.stack(matched), "ignored": np.stack(ignored),   # [A, T, D]
+            "num_objects": (~gt_out).sum(0), "voc_tp": voc_tp, "voc_ignored": voc_ignored,
+            "num_voc_objects": int((~gt["difficult"]).sum())}
 
 # %% ../notebooks/09_metrics.ipynb #32eed88d
+def coco_curves(images: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """COCOeval.accumulate for one class, from its `evaluate_image` results in image order: precision
+    [A, T, R] at the 101 recall points (100 detections per image) and recall [A, T, M] at MAX_DETS.
+    -1 where the class has no object in an area range."""
+    A, T, R, M = len(AREA_RANGES), len(IOU_THRESHOLDS), len(RECALL_THRESHOLDS), len(MAX_DETS)
+    precision, recall = -np.ones((A, T, R)), -np.ones((A, T, M))
+    num_objects = sum(im["num_objects"] for im in images)                # [A]
+    for j, max_det in enumerate(MAX_DETS):
+        scores = np.concatenate([im["scores"][:max_det] for im in images])
+        order = np.argsort(-scores, kind="stable")                        # ties: image order, then rank
+        matched = np.concatenate([im["matched"][..., :max_det] for im in images], -1)[..., order]
+        ignored = np.concatenate([im["ignored"][..., :max_det] for im in images], -1)[..., order]
+        tp, fp = (matched & ~ignored).cumsum(-1), (~matched & ~ignored).cumsum(-1)   # [A, T, n]
+        for a in np.nonzero(num_objects)[0]:
+            rc = tp[a] / num_objects[a]
+            recall[a, :, j] = rc[:, -1] if len(scores) else 0.0
+            if max_det == MAX_DETS[-1]:
+                precision[a] = _precision_at_recalls(rc, tp[a] / (tp[a] + fp[a] + np.spacing(1)))
+    return precision, recall
+
+
+def _precision_at_recalls(recall: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    "The precision envelope [T, n] read at the 101 recall points (0 beyond the recall reached)."
+    T, n = recall.shape
+    out = np.zeros((T, len(RECALL_THRESHOLDS)))
+    if n:
+        envelope = np.maximum.accumulate(precision[:, ::-1], axis=1)[:, ::-1]
+        for t in range(T):
+            at = np.searchsorted(recall[t], RECALL_THRESHOLDS, side="left")   # first rank reaching r
+            out[t] = np.where(at < n, envelope[t, np.minimum(at, n - 1)], 0.0)
+    return out
+
+
+def voc_class_ap(images: list[dict]) -> tuple[float, float]:
+    "VOC AP50 of one class, all-point and 11-point, from its `evaluate_image` results (-1 if no objects)."
+    num_objects = sum(im["num_voc_objects"] for im in images)
+    if num_objects == 0:
+        return -1.0, -1.0
+    order = np.argsort(-np.concatenate([im["scores"] for im in images]), kind="stable")
+    tp = np.concatenate([im["voc_tp"] for im in images])[order]
+    fp = ~tp & ~np.concatenate([im["voc_ignored"] for im in images])[order]
+    tp, fp = tp.cumsum(), fp.cumsum()
+    recall, precision = tp / num_objects, tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
+    return voc_ap(recall, precision), voc_ap(recall, precision, use_07_metric=True)
+
+# %% ../notebooks/09_metrics.ipynb #a8266a0a
+def _select(d: dict, k: int) -> dict:
+    keep = d["labels"] == k
+    return {key: v[keep] for key, v in d.items()}
+
+
 def evaluate(predictions: Sequence[dict], targets: Sequence[dict], num_classes: int | None = None) -> dict:
-    """COCO-style AP/AR (same numbers as pycocotools COCOeval, bbox) and VOC AP50 (all-point
-    and 11-point, difficult ignored). Boxes are pixel xyxy; labels 0-based. See chapter 09."""
-    with one_thread():
-        return _evaluate(predictions, targets, num_classes)
+    """COCO-style AP/AR (the numbers of pycocotools' COCOeval, bbox) and VOC AP50 (all-point and
+    11-point, difficult ignored). Boxes are pixel xyxy; labels 0-based. See chapter 09."""
+    dets, gts, K = _check_inputs(predictions, targets, num_classes)
+    by_class = [[] for _ in range(K)]
+    for det, gt in zip(dets, gts):
+        for k in np.union1d(det["labels"], gt["labels"]):
+            by_class[k].append(evaluate_image(_select(det, k), _select(gt, k)))
+    A, T, R, M = len(AREA_RANGES), len(IOU_THRESHOLDS), len(RECALL_THRESHOLDS), len(MAX_DETS)
+    precision, recall, voc = -np.ones((K, A, T, R)), -np.ones((K, A, T, M)), -np.ones((K, 2))
+    for k, images in enumerate(by_class):
+        if images:
+            precision[k], recall[k] = coco_curves(images)
+            voc[k] = voc_class_ap(images)
+    return summarize(precision, recall, voc)
 
 
-def _evaluate(predictions: Sequence[dict], targets: Sequence[dict], num_classes: int | None) -> dict:
-    det, gt, K = _flatten(predictions, targets, num_classes)
-    A, T, R = len(AREA_RANGES), len(IOU_THRESHOLDS), len(RECALL_THRESHOLDS)
-    # sort detections by (image, class, -score) and gts by (image, class); stable keeps input order on ties
-    det["key"], gt["key"] = det["img"] * K + det["labels"], gt["img"] * K + gt["labels"]
-    o = _stable_order(det["key"], -det["scores"])
-    det = {k: v[o] for k, v in det.items()}
-    o = _stable_order(gt["key"])
-    gt = {k: v[o] for k, v in gt.items()}
-    _, inv, cnt = torch.unique_consecutive(det["key"], return_inverse=True, return_counts=True)
-    det["rank"] = torch.arange(det["key"].numel()) - (cnt.cumsum(0) - cnt)[inv]
-    det["out_of_range"] = _out_of_range(box_area(det["boxes"]))
-    gt["out_of_range"] = _out_of_range(box_area(gt["boxes"]))
-    res = _match_all(det, gt, max_det=MAX_DETS[-1])
-    # accumulate per class over all images: order by (-score, image, rank)
-    o = _stable_order(det["labels"], -det["scores"])
-    det = {k: v[o] for k, v in det.items()}
-    res = {k: v[o] for k, v in res.items()}
-    start = torch.searchsorted(det["labels"], torch.arange(K + 1))
-    rec_thr = torch.from_numpy(RECALL_THRESHOLDS).expand(A, T, R).contiguous()
-    precision = -torch.ones(K, A, T, R, dtype=torch.float64)
-    recall = -torch.ones(K, A, T, len(MAX_DETS), dtype=torch.float64)
-    voc = -torch.ones(2, K, dtype=torch.float64)
-    for k in range(K):
-        sl = slice(int(start[k]), int(start[k + 1]))
-        npig = (~gt["out_of_range"][gt["labels"] == k]).sum(0).double()        # [A]
-        top = det["rank"][sl] < MAX_DETS[-1]
-        mt = res["coco_matched"][sl][top].permute(1, 2, 0)                     # [A,T,n]
-        ig = res["coco_ignored"][sl][top].permute(1, 2, 0) | (~mt & det["out_of_range"][sl][top].T[:, None, :])
-        tps, fps = mt & ~ig, ~mt & ~ig
-        tp, fp = tps.cumsum(-1).double(), fps.cumsum(-1).double()
-        nd = tp.shape[-1]
-        rc = tp / npig.clamp(min=1)[:, None, None]
-        pr = tp / (fp + tp + np.spacing(1))
-        if nd:
-            pr = pr.flip(-1).cummax(-1).values.flip(-1)                        # precision envelope
-            idx = torch.searchsorted(rc.contiguous(), rec_thr, side="left")
-            q = torch.where(idx < nd, pr.gather(-1, idx.clamp(max=nd - 1)), 0.0)
-        else:
-            q = torch.zeros(A, T, R, dtype=torch.float64)
-        valid = npig > 0
-        precision[k, valid] = q[valid]
-        ranks = det["rank"][sl][top]
-        for j, md in enumerate(MAX_DETS):
-            r = (tps & (ranks < md)).sum(-1).double() / npig.clamp(min=1)[:, None]
-            recall[k, valid, :, j] = r[valid]
-        # VOC: all detections of the class, difficult gts neither TP nor FP nor positives
-        npos = int((~gt["difficult"][gt["labels"] == k]).sum())
-        if npos:
-            vtp = res["voc_tp"][sl].double().cumsum(0)
-            vfp = (~res["voc_tp"][sl] & ~res["voc_ignored"][sl]).double().cumsum(0)
-            vrec, vprec = vtp / npos, vtp / torch.clamp(vtp + vfp, min=np.finfo(np.float64).eps)
-            voc[0, k], voc[1, k] = voc_ap(vrec, vprec), voc_ap(vrec, vprec, use_07_metric=True)
+def _mean_valid(x: np.ndarray) -> float:
+    "COCOeval's summary: the mean over entries > -1, or -1 if there are none."
+    v = x[x > -1]
+    return float(v.mean()) if v.size else -1.0
+
+
+def summarize(precision: np.ndarray, recall: np.ndarray, voc: np.ndarray) -> dict:
+    "COCOeval's twelve statistics, VOC mAP and per-class APs from the curves [K, A, T, R|M] and VOC APs [K, 2]."
     ap = lambda a, t=slice(None): _mean_valid(precision[:, a, t])
     ar = lambda a, j: _mean_valid(recall[:, a, :, j])
     stats = [ap(0), ap(0, 0), ap(0, 5), ap(1), ap(2), ap(3), ar(0, 0), ar(0, 1), ar(0, 2), ar(1, 2), ar(2, 2), ar(3, 2)]
     names = ["map", "map_50", "map_75", "map_small", "map_medium", "map_large",
              "mar_1", "mar_10", "mar_100", "mar_small", "mar_medium", "mar_large"]
-    out = dict(zip(names, stats))
-    per_class = lambda x: [float(v[v > -1].mean()) if (v > -1).any() else -1.0 for v in x]
-    out.update(
-        voc_map_50=_mean_valid(voc[0]), voc07_map_50=_mean_valid(voc[1]),
-        ap_per_class=per_class(precision[:, 0]), ap50_per_class=per_class(precision[:, 0, 0]),
-        voc_ap50_per_class=voc[0].tolist(), voc07_ap50_per_class=voc[1].tolist(),
-        coco_stats=stats, precision=precision[:, 0].permute(1, 2, 0), num_classes=K)
-    return out
+    per_class = lambda x: [_mean_valid(v) for v in x]
+    return {**dict(zip(names, stats)),
+            "voc_map_50": _mean_valid(voc[:, 0]), "voc07_map_50": _mean_valid(voc[:, 1]),
+            "ap_per_class": per_class(precision[:, 0]), "ap50_per_class": per_class(precision[:, 0, 0]),
+            "voc_ap50_per_class": voc[:, 0].tolist(), "voc07_ap50_per_class": voc[:, 1].tolist(),
+            "coco_stats": stats, "precision": torch.from_numpy(precision[:, 0]).permute(1, 2, 0),
+            "num_classes": len(precision)}
 
 # %% ../notebooks/09_metrics.ipynb #ch09-29
-def _xywh(b: Tensor) -> list[list[float]]:
-    return box_convert(b.double(), "xyxy", "xywh").tolist()
+def _xywh(b: np.ndarray) -> list[list[float]]:
+    return box_convert(torch.from_numpy(b), "xyxy", "xywh").tolist()
 
 
 def to_coco(predictions: Sequence[dict], targets: Sequence[dict], num_classes: int | None = None,
             class_names: Sequence[str] | None = None) -> tuple[dict, list[dict]]:
     """(ground-truth dict, detection list) in COCO format for pycocotools. Image i gets id i+1,
     class c gets category_id c+1, area = w*h, iscrowd = 0 (difficult gts are ordinary gts)."""
-    det, gt, K = _flatten(predictions, targets, num_classes)
+    dets, gts, K = _check_inputs(predictions, targets, num_classes)
     names = list(class_names) if class_names is not None else [str(c) for c in range(K)]
     if len(names) < K:
         raise ValueError(f"class_names has {len(names)} names but labels need {K}")
-    gt_boxes = _xywh(gt["boxes"])
-    coco_gt = {
-        "images": [{"id": i + 1} for i in range(len(targets))],
-        "categories": [{"id": c + 1, "name": names[c]} for c in range(K)],
-        "annotations": [{"id": j + 1, "image_id": int(gt["img"][j]) + 1, "category_id": int(gt["labels"][j]) + 1,
-                         "bbox": gt_boxes[j], "area": gt_boxes[j][2] * gt_boxes[j][3], "iscrowd": 0}
-                        for j in range(len(gt_boxes))],
-    }
-    dets = [{"image_id": int(i) + 1, "category_id": int(c) + 1, "bbox": b, "score": float(s)}
-            for i, c, b, s in zip(det["img"], det["labels"], _xywh(det["boxes"]), det["scores"])]
-    return coco_gt, dets
+    annotations = [{"image_id": i + 1, "category_id": int(c) + 1, "bbox": b, "area": b[2] * b[3], "iscrowd": 0}
+                   for i, gt in enumerate(gts) for c, b in zip(gt["labels"], _xywh(gt["boxes"]))]
+    coco_gt = {"images": [{"id": i + 1} for i in range(len(gts))],
+               "categories": [{"id": c + 1, "name": names[c]} for c in range(K)],
+               "annotations": [{"id": j + 1, **a} for j, a in enumerate(annotations)]}
+    coco_dets = [{"image_id": i + 1, "category_id": int(c) + 1, "bbox": b, "score": float(s)}
+                 for i, det in enumerate(dets) for c, b, s in zip(det["labels"], _xywh(det["boxes"]), det["scores"])]
+    return coco_gt, coco_dets
 
 
 def export_coco_json(predictions: Sequence[dict], image_ids: Sequence, path: str | Path,
@@ -359,21 +287,47 @@ def export_coco_json(predictions: Sequence[dict], image_ids: Sequence, path: str
     category_id = category_ids[label] if given, else label + 1; class_names adds a 'category_name'."""
     if len(image_ids) != len(predictions):
         raise ValueError(f"need one image id per prediction, got {len(image_ids)} ids for {len(predictions)} predictions")
-    det, _, K = _flatten(predictions, [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}] * len(predictions), None)
+    dets = [_check_image(p, "predictions", i) for i, p in enumerate(predictions)]
+    top = max((int(d["labels"].max()) for d in dets if len(d["labels"])), default=-1)
     for what, seq in (("class_names", class_names), ("category_ids", category_ids)):
-        if seq is not None and len(seq) < K:
-            raise ValueError(f"{what} has {len(seq)} entries but labels go up to {K - 1}")
+        if seq is not None and len(seq) <= top:
+            raise ValueError(f"{what} has {len(seq)} entries but labels go up to {top}")
     rows = []
-    for i, c, b, s in zip(det["img"].tolist(), det["labels"].tolist(), _xywh(det["boxes"]), det["scores"].tolist()):
-        iid = image_ids[i]
-        row = {"image_id": iid.item() if hasattr(iid, "item") else iid,
-               "category_id": int(category_ids[c]) if category_ids is not None else c + 1, "bbox": b, "score": s}
-        if class_names is not None:
-            row["category_name"] = class_names[c]
-        rows.append(row)
+    for iid, det in zip(image_ids, dets):
+        for c, b, s in zip(det["labels"].tolist(), _xywh(det["boxes"]), det["scores"].tolist()):
+            row = {"image_id": iid.item() if hasattr(iid, "item") else iid,
+                   "category_id": int(category_ids[c]) if category_ids is not None else c + 1, "bbox": b, "score": s}
+            if class_names is not None:
+                row["category_name"] = class_names[c]
+            rows.append(row)
     path = Path(path)
     path.write_text(json.dumps(rows))
     return path
+
+# %% ../notebooks/09_metrics.ipynb #8c2aeed0
+def recall_at_iou(preds: list[dict], targets: list[dict], iou_threshold: float = 0.5,
+                  class_agnostic: bool = False) -> float:
+    """Share of ground-truth boxes found: matched by a prediction of the same class (any class with
+    `class_agnostic`) with IoU >= threshold. Predictions go in score order and each takes at most one
+    box, the best one still free, as in VOC matching. No score threshold (chapter 09)."""
+    if len(preds) != len(targets):
+        raise ValueError(f"{len(preds)} prediction dicts for {len(targets)} targets")
+    found = total = 0
+    for p, t in zip(preds, targets):
+        total += len(t["boxes"])
+        if len(p["boxes"]) == 0 or len(t["boxes"]) == 0:
+            continue
+        iou = box_iou(p["boxes"].float(), t["boxes"].float())
+        if not class_agnostic:
+            iou = iou * (p["labels"][:, None] == t["labels"][None, :])
+        taken = torch.zeros(len(t["boxes"]), dtype=torch.bool)
+        for i in p["scores"].argsort(descending=True).tolist():
+            free = iou[i].masked_fill(taken, 0)
+            j = int(free.argmax())
+            if free[j] >= iou_threshold:
+                taken[j] = True
+        found += int(taken.sum())
+    return found / max(total, 1)
 
 # %% ../notebooks/09_metrics.ipynb #ch09-36
 def plot_pr_curves(result: dict, class_names: Sequence[str] | None = None, iou_threshold: float = 0.5, ax=None):

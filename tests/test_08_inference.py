@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from p2s_lib.inference import (allowed_tokens, amp_dtype, compiled_decoder_step, generate, hash_uniform, postprocess,
-                               predict, recall_at_iou, refine_bin, sample_tokens, top_k_top_p_filter)
+                               predict, refine_bin, sample_tokens, top_k_top_p_filter)
 from p2s_lib.augment import one_thread
 from p2s_lib.model import Pix2Seq
 
@@ -467,54 +467,3 @@ def test_predict_boxes_inside_original_images(model, images):
         assert ((pred["scores"] > 0) & (pred["scores"] <= 1)).all()
     with pytest.raises(ValueError, match="orig_sizes"):
         predict(model, images, sizes[:2])
-
-
-# ---------------------------------------------------------------- recall at IoU
-def _dets(boxes, labels, scores=None) -> dict:
-    boxes = torch.tensor(boxes, dtype=torch.float32).view(-1, 4)
-    scores = torch.linspace(1, 0.5, len(boxes)) if scores is None else torch.tensor(scores)
-    return {"boxes": boxes, "labels": torch.tensor(labels, dtype=torch.long), "scores": scores}
-
-
-def test_recall_one_prediction_takes_one_box():
-    truth = _dets([[0, 0, 10, 10], [0, 0, 10, 10]], [0, 0])
-    assert recall_at_iou([_dets([[0, 0, 10, 10]], [0])], [truth]) == 0.5
-    assert recall_at_iou([_dets([[0, 0, 10, 10]] * 2, [0, 0])], [truth]) == 1.0
-
-
-def test_recall_class_and_threshold():
-    truth = _dets([[0, 0, 10, 10]], [1])
-    half = _dets([[0, 0, 10, 5]], [1])                                  # IoU 0.5 exactly
-    assert recall_at_iou([half], [truth], iou_threshold=0.5) == 1.0
-    assert recall_at_iou([half], [truth], iou_threshold=0.51) == 0.0
-    wrong = _dets([[0, 0, 10, 10]], [2])
-    assert recall_at_iou([wrong], [truth]) == 0.0
-    assert recall_at_iou([wrong], [truth], class_agnostic=True) == 1.0
-
-
-def test_recall_empty_inputs_and_errors():
-    empty = _dets([], [])
-    assert recall_at_iou([empty], [empty]) == 0.0                        # no objects: nothing to find
-    assert recall_at_iou([empty], [_dets([[0, 0, 5, 5]], [0])]) == 0.0
-    with pytest.raises(ValueError, match="prediction dicts"):
-        recall_at_iou([empty], [])
-
-
-@settings(max_examples=30, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 50), st.integers(0, 50), st.integers(1, 30), st.integers(1, 30),
-                          st.integers(0, 2)), min_size=1, max_size=6),
-       st.randoms(use_true_random=False))
-def test_recall_bounds_and_order_invariance(objects, rnd):
-    """Recall lies in [0, 1], the truth finds itself, and the order the predictions are listed in
-    (scores attached) changes nothing: they are matched in score order."""
-    boxes = [[x, y, x + w, y + h] for x, y, w, h, _ in objects]
-    labels = [c for *_, c in objects]
-    truth = _dets(boxes, labels)
-    preds = _dets([[b[0] + 2, b[1], b[2] + 2, b[3]] for b in boxes], labels)
-    r = recall_at_iou([preds], [truth])
-    assert 0.0 <= r <= 1.0
-    assert recall_at_iou([truth], [truth]) == 1.0
-    perm = list(range(len(boxes)))
-    rnd.shuffle(perm)
-    shuffled = {k: v[perm] for k, v in preds.items()}
-    assert recall_at_iou([shuffled], [truth]) == r
