@@ -12,7 +12,6 @@ from torch import Tensor
 
 from .loss import teacher_forcing, token_weights
 from .ordering import ORDERS, object_order
-from .quantize import quantize
 from .tokenizer import Tokenizer
 
 # %% auto #0
@@ -174,8 +173,7 @@ def _sequences(boxes: Tensor, labels: Tensor, n: Tensor, tokenizer: Tokenizer) -
     "Padded objects [B,N,4]/[B,N] with n[b] objects per row -> [B, 2 + 5*max(n)] BOS objects EOS PAD..."
     B = len(n)
     N = int(n.max()) if B else 0
-    coords = tokenizer.coord_token(quantize(boxes[:, :N][..., [1, 0, 3, 2]], tokenizer.num_bins))  # y before x
-    objects = torch.cat([coords, tokenizer.class_token(labels[:, :N])[..., None]], -1).reshape(B, 5 * N)
+    objects = tokenizer.object_tokens(boxes[:, :N], labels[:, :N]).reshape(B, 5 * N)
     seq = torch.cat([torch.full((B, 1), tokenizer.bos_id), objects, torch.full((B, 1), tokenizer.pad_id)], 1)
     end = 1 + 5 * n[:, None]
     pos = torch.arange(seq.shape[1])

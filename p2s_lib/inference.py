@@ -12,7 +12,6 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .quantize import dequantize
 from .data import draw_target
 
 # %% ../notebooks/08_inference.ipynb #ch08-005
@@ -267,20 +266,11 @@ def postprocess(tokens: Tensor, class_probs: Tensor, tokenizer, orig_sizes=None,
     n_max = min(tokens.size(1) // 5, class_probs.size(1))
     results = []
     for b in range(B):
-        seq = tokens[b]
-        eos = (seq == tokenizer.eos_id).nonzero()
-        end = int(eos[0]) if len(eos) else seq.numel()
-        m = min(end // 5, n_max)
-        objs = seq[: 5 * m].reshape(m, 5)
-        valid = tokenizer.is_coord(objs[:, :4]).all(dim=1) & tokenizer.is_class(objs[:, 4])
-        if coord_bins is None:
-            bins = objs[:, :4] - tokenizer.coord_offset
-        else:
-            bins = coord_bins[b, : 5 * m].reshape(m, 5)[:, :4]
-        bins = bins.clamp(0, tokenizer.num_bins - 1)
-        ymin, xmin, ymax, xmax = dequantize(bins, tokenizer.num_bins).float().unbind(-1)
-        boxes = torch.stack([torch.minimum(xmin, xmax), torch.minimum(ymin, ymax),
-                             torch.maximum(xmin, xmax), torch.maximum(ymin, ymax)], dim=-1)
+        objs, valid = tokenizer.split_objects(tokens[b])
+        m = min(len(objs), n_max)
+        objs, valid = objs[:m], valid[:m]
+        bins = objs[:, :4] - tokenizer.coord_offset if coord_bins is None else coord_bins[b, : 5 * m].reshape(m, 5)[:, :4]
+        boxes = tokenizer.boxes_from_bins(bins.clamp(0, tokenizer.num_bins - 1)).float()
         if sizes is not None:
             H, W = sizes[b].tolist()
             boxes = boxes * max(H, W)

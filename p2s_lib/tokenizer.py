@@ -168,6 +168,25 @@ def _check_objects(boxes, labels, num_classes: int) -> tuple[Tensor, Tensor]:
 class Tokenizer(Vocabulary):
     "Encode (boxes, labels) as BOS, (ymin, xmin, ymax, xmax, class) x n, EOS and decode back. Chapter 02."
 
+    def object_tokens(self, boxes, labels) -> Tensor:
+        "Normalized xyxy boxes [..., 4] + labels [...] -> each object's 5 tokens [..., 5]: ymin, xmin, ymax, xmax, class."
+        coords = self.coord_token(quantize(boxes[..., [1, 0, 3, 2]], self.num_bins))  # y before x
+        return torch.cat([coords, self.class_token(labels)[..., None]], dim=-1)
+
+    def split_objects(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """A sequence [L] without its BOS -> the groups of 5 tokens before the first EOS [m, 5], and
+        whether each reads "4 coordinates, then a class" [m]. The one reader of the layout (chapter 08 too)."""
+        eos = (tokens == self.eos_id).nonzero()
+        end = int(eos[0, 0]) if len(eos) else len(tokens)
+        groups = tokens[: end // 5 * 5].reshape(-1, 5)
+        return groups, self.is_coord(groups[:, :4]).all(dim=1) & self.is_class(groups[:, 4])
+
+    def boxes_from_bins(self, bins: Tensor) -> Tensor:
+        "Coordinate bins [..., 4] in sequence order (ymin, xmin, ymax, xmax) -> normalized xyxy [..., 4], corners sorted."
+        ymin, xmin, ymax, xmax = dequantize(bins, self.num_bins).unbind(-1)
+        return torch.stack([torch.minimum(xmin, xmax), torch.minimum(ymin, ymax),
+                            torch.maximum(xmin, xmax), torch.maximum(ymin, ymax)], dim=-1)
+
     def encode(self, boxes, labels) -> Tensor:
         "Normalized xyxy boxes [n,4] + labels [n] (0..num_classes) -> int64 token sequence [2 + 5*min(n, max_objects)]."
         boxes, labels = _check_objects(boxes, labels, self.num_classes)
@@ -175,8 +194,7 @@ class Tokenizer(Vocabulary):
             warnings.warn(f"encode: {len(boxes)} objects but max_objects={self.max_objects}; "
                           f"keeping the first {self.max_objects}", stacklevel=2)
             boxes, labels = boxes[: self.max_objects], labels[: self.max_objects]
-        coords = self.coord_token(quantize(boxes[:, [1, 0, 3, 2]], self.num_bins))  # y before x
-        objects = torch.cat([coords, self.class_token(labels)[:, None]], dim=1).reshape(-1)
+        objects = self.object_tokens(boxes, labels).reshape(-1)
         bos, eos = objects.new_tensor([self.bos_id]), objects.new_tensor([self.eos_id])
         return torch.cat([bos, objects, eos])
 
@@ -190,18 +208,11 @@ class Tokenizer(Vocabulary):
             raise ValueError(f"token ids outside the vocabulary [0, {self.vocab_size}): {t[oov][:10].tolist()}")
         not_bos = (t != self.bos_id).nonzero()
         t = t[not_bos[0, 0]:] if len(not_bos) else t[:0]                      # skip leading BOS
-        eos = (t == self.eos_id).nonzero()
-        if len(eos):
-            t = t[: eos[0, 0]]                                                   # stop at the first EOS
-        groups = t[: len(t) // 5 * 5].reshape(-1, 5)
-        ok = self.is_coord(groups[:, :4]).all(dim=1) & self.is_class(groups[:, 4])
+        groups, ok = self.split_objects(t)
         if drop_noise:
             ok &= groups[:, 4] != self.noise_class_id
         groups = groups[ok]
-        yx = dequantize(groups[:, :4] - self.coord_offset, self.num_bins)          # ymin, xmin, ymax, xmax
-        ys, xs = yx[:, 0::2], yx[:, 1::2]
-        boxes = torch.stack([xs.amin(1), ys.amin(1), xs.amax(1), ys.amax(1)], dim=1) if len(yx) else yx.reshape(0, 4)
-        return boxes, groups[:, 4] - self.class_offset
+        return self.boxes_from_bins(groups[:, :4] - self.coord_offset), groups[:, 4] - self.class_offset
 
     def encode_batch(self, items, length: int | None = None) -> Tensor:
         "List of (boxes, labels) pairs or dicts with 'boxes'/'labels' -> [B, L] padded with pad_id."

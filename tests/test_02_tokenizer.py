@@ -289,3 +289,29 @@ def test_show_tokens_draws_one_cell_per_token():
         assert any("noise" in s for s in texts) and any(s.startswith("ymin") for s in texts)
         plt.close(fig)
     assert set(TOKEN_COLORS) == {"special", "pad", "coord", "class", "noise"} and len(SLOT_NAMES) == 5
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 4), st.integers(0, 5), st.integers(0, 2**31 - 1))
+def test_object_tokens_of_a_batch_are_each_rows_encoding(rows, objects, seed):
+    """The one writer of the layout: a padded batch [B, N, 4] gives, row by row, encode's objects."""
+    tok = Tokenizer(num_classes=3, num_bins=50, max_objects=8)
+    g = torch.Generator().manual_seed(seed)
+    corners = torch.rand(rows, objects, 2, 2, generator=g).sort(dim=2).values
+    boxes = corners.reshape(rows, objects, 4)        # (x1, y1), (x2, y2) with x1 <= x2 and y1 <= y2
+    labels = torch.randint(0, 4, (rows, objects), generator=g)
+    batch = tok.object_tokens(boxes, labels)
+    assert batch.shape == (rows, objects, 5)
+    for b in range(rows):
+        assert torch.equal(batch[b].reshape(-1), tok.encode(boxes[b], labels[b])[1:-1])
+
+
+def test_split_objects_and_boxes_from_bins_read_what_the_model_wrote():
+    tok = Tokenizer(num_classes=2, num_bins=10, max_objects=4)
+    c, k = tok.coord_offset, tok.class_offset
+    good, bad = [c + 7, c + 1, c + 2, c + 5, k + 1], [c + 1, k, c + 2, c + 3, k]   # ymin > ymax; a class in a coord slot
+    groups, ok = tok.split_objects(torch.tensor(good + bad + [tok.eos_id] + good))
+    assert groups.shape == (2, 5) and ok.tolist() == [True, False]      # stops at EOS
+    assert tok.split_objects(torch.tensor(good[:3]))[0].shape == (0, 5)  # a partial group is not an object
+    box = tok.boxes_from_bins(groups[0, :4] - c)
+    assert torch.allclose(box, torch.tensor([1, 2, 5, 7]) / 9)         # xyxy, corners sorted
