@@ -1,4 +1,4 @@
-"""Does the model look at the image? A learning-diagnosis probe for the `nano` preset (pix2seq.md §8).
+"""Does the model look at the image? A learning-diagnosis probe for the `nano` preset.
 
     python bench/bench_grounding.py --minutes 6                  # the full sequence task
     python bench/bench_grounding.py --minutes 4 --class-only     # only "which class is in this given box?"

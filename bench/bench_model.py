@@ -14,7 +14,7 @@ Prints figures; it is not a test. Models are untrained (pretrained=False, nothin
   the full length is always generated). The image is encoded once in both modes.
   *cached*: one new token per step through the key/value cache.
   *uncached*: every step re-runs the decoder over the whole prefix (and recomputes the
-  cross-attention K/V), the slow path of pix2seq.md §7. With `--uncached-stride k > 1` only every
+  cross-attention K/V), the classic slow path. With `--uncached-stride k > 1` only every
   k-th prefix length is timed and the total is estimated as k x the sum (the per-step cost grows
   with the prefix, so sampling across the whole range keeps the estimate fair); the output says so.
 """

@@ -24,7 +24,7 @@ from .inference import predict
 from .metrics import export_coco_json
 from .encoder import WeightsUnavailable
 from .model import load_model
-from .inference import draw_detections, save_png, tile_images
+from .draw import draw_detections, save_png, tile_images
 from .config import TrainConfig, build_dataset, coco_files, is_coco, resolve_classes
 from .distributed import evaluate_model, setup_distributed, summary_metrics
 from .train import Trainer, TrainingDiverged

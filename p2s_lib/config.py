@@ -85,7 +85,7 @@ class TrainConfig:
 
 # %% ../notebooks/10a_config.ipynb #f6deb502
 def is_coco(image_set: str | None) -> bool:
-    """A split given as a COCO JSON file (chapter 00b) rather than a VOC split name."""
+    """A split given as a COCO JSON file (chapter 00d) rather than a VOC split name."""
     return image_set is not None and image_set.lower().endswith(".json")
 
 

@@ -2,17 +2,13 @@
 
 # %% auto #0
 __all__ = ['top_k_top_p_filter', 'allowed_tokens', 'hash_uniform', 'sample_tokens', 'amp_dtype', 'refine_bin', 'next_token',
-           'compiled_decoder_step', 'generate', 'postprocess', 'predict', 'draw_predictions', 'draw_detections',
-           'tile_images', 'save_png']
+           'compiled_decoder_step', 'generate', 'postprocess', 'predict']
 
 # %% ../notebooks/08_inference.ipynb #ch08-002
 import math
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-
-from .data import draw_target
 
 # %% ../notebooks/08_inference.ipynb #ch08-005
 def top_k_top_p_filter(logits: Tensor, top_k: int = 0, top_p: float = 1.0) -> Tensor:
@@ -291,59 +287,3 @@ def predict(model: nn.Module, images: Tensor, orig_sizes, labels_per_object: int
     out = generate(model, images, **gen_kwargs)
     return postprocess(out["tokens"], out["class_probs"], model.tokenizer, orig_sizes, labels_per_object,
                        out.get("coord_bins"))
-
-# %% ../notebooks/08_inference.ipynb #ch08-033
-def draw_predictions(image: Tensor, prediction: dict, class_names=None, score_threshold: float = 0.0,
-                     target: dict | None = None, ax=None):
-    """Draw an image [3,H,W] in [0,1] with predicted pixel boxes (solid, labelled with the score)
-    and optionally the ground truth `target["boxes"]` (dashed white). Returns the axes. Chapter 08."""
-    import matplotlib.pyplot as plt
-    if ax is None:
-        _, ax = plt.subplots(figsize=(4, 4))
-    ax.imshow(image.detach().cpu().permute(1, 2, 0).clamp(0, 1).numpy())
-    if target is not None:
-        for x1, y1, x2, y2 in target["boxes"].tolist():
-            ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec="white", ls="--", lw=1))
-    colors = plt.get_cmap("tab10")
-    for box, score, label in zip(prediction["boxes"].tolist(), prediction["scores"].tolist(),
-                                 prediction["labels"].tolist()):
-        if score < score_threshold:
-            continue
-        x1, y1, x2, y2 = box
-        ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec=colors(label % 10), lw=1.5))
-        name = class_names[label] if class_names is not None else str(label)
-        ax.text(x1, y1, f"{name} {score:.2f}", fontsize=7, color="white", va="bottom",
-                bbox=dict(facecolor=colors(label % 10), alpha=0.8, pad=1, lw=0))
-    ax.set_axis_off()
-    return ax
-
-# %% ../notebooks/08_inference.ipynb #e739e5c5
-def draw_detections(image: torch.Tensor, prediction: dict, class_names: list[str],
-                    score_threshold: float = 0.3, long_side: int = 384) -> torch.Tensor:
-    """uint8 [3,H',W'] picture of the detections above `score_threshold`, a colour per class, labels in a
-    readable font on the image scaled up by a whole factor towards `long_side` pixels."""
-    from torchvision.transforms.v2.functional import resize
-    canvas = image if image.dtype == torch.uint8 else (image.clamp(0, 1) * 255).round().to(torch.uint8)
-    h, w = canvas.shape[-2:]
-    scale = max(1, round(long_side / max(h, w)))
-    if scale > 1:
-        canvas = resize(canvas, [h * scale, w * scale], antialias=True)
-    keep = prediction["scores"] >= score_threshold
-    shown = {"boxes": prediction["boxes"][keep] * scale, "labels": prediction["labels"][keep],
-             "scores": prediction["scores"][keep]}
-    return draw_target(canvas, shown, class_names, normalized=False, font_size=max(11, max(h, w) * scale // 28))
-
-
-def tile_images(images: list[torch.Tensor], nrow: int = 4) -> torch.Tensor:
-    """One uint8 grid of images of different sizes (each padded bottom/right to the largest)."""
-    from torchvision.utils import make_grid
-    h, w = max(i.shape[-2] for i in images), max(i.shape[-1] for i in images)
-    padded = [torch.nn.functional.pad(i, (0, w - i.shape[-1], 0, h - i.shape[-2])) for i in images]
-    return make_grid(padded, nrow=nrow, padding=4)
-
-
-def save_png(image: torch.Tensor, path: str | Path) -> Path:
-    """Write a uint8 [3,H,W] tensor as a PNG file."""
-    from PIL import Image
-    Image.fromarray(image.permute(1, 2, 0).contiguous().numpy()).save(path)
-    return Path(path)

@@ -18,7 +18,7 @@ from .decoder import BoxPriorDecoder, Decoder
 
 # %% ../notebooks/05b_model.ipynb #a628e5ea
 PRESETS: dict[str, dict] = {
-    # CPU positive control (pix2seq.md §8): trains in minutes at 128 px. Six departures from the
+    # a CPU model: trains in minutes at 128 px. Six departures from the
     # official settings (chapter 05b). Three speed up its first minutes of learning (a short run does
     # not overfit): no dropout, no LayerNorm on the memory, PyTorch's default init of the linear layers.
     # The box prior of the class step (chapter 05, section 8) speeds up learning the classes; its

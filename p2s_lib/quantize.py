@@ -11,7 +11,7 @@ from torch import Tensor
 
 # %% auto #0
 __all__ = ['DEMO_CLASSES', 'quantize', 'dequantize', 'max_quantization_error', 'normalize_boxes', 'denormalize_boxes',
-           'demo_scene', 'show_scene', 'snap_boxes']
+           'demo_scene', 'snap_boxes']
 
 # %% ../notebooks/01_quantize.ipynb #ch01-05
 def _check_num_bins(num_bins: int) -> int:
@@ -126,30 +126,6 @@ def demo_scene(height: int = 120, width: int = 160, seed: int = 0) -> tuple[np.n
     b[:, 0::2] = b[:, 0::2].clamp(0, W); b[:, 1::2] = b[:, 1::2].clamp(0, H)
     return np.asarray(canvas), b, torch.tensor(labels, dtype=torch.int64)
 
-
-def show_scene(ax, image, boxes: Tensor | None = None, labels: Tensor | None = None,
-               class_names=None, texts=None, color=None, linestyle: str = "-", title: str | None = None):
-    "Draw an image [H,W,3] (uint8 or float) with pixel xyxy boxes on a matplotlib axis. Chapter 01."
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
-    image = np.asarray(image.permute(1, 2, 0) if isinstance(image, Tensor) and image.ndim == 3 and image.shape[0] == 3 else image)
-    H, W = image.shape[:2]
-    ax.imshow(image, extent=(0, W, H, 0), interpolation="nearest")
-    ax.set_xlim(0, W); ax.set_ylim(H, 0); ax.set_xticks([]); ax.set_yticks([])
-    if title:
-        ax.set_title(title)
-    if boxes is None:
-        return ax
-    boxes = _check_boxes(boxes).reshape(-1, 4).detach().cpu()
-    for i, (x0, y0, x1, y1) in enumerate(boxes.tolist()):
-        lab = None if labels is None else int(labels[i])
-        c = color or plt.cm.tab10((lab if lab is not None else i) % 10)
-        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec=c, lw=2, ls=linestyle))
-        text = texts[i] if texts is not None else (class_names[lab] if class_names is not None and lab is not None else None)
-        if text is not None:
-            ax.text(x0 + 1, y0 + 1, str(text), color="white", fontsize=8, va="top",
-                    bbox=dict(facecolor=c, edgecolor="none", pad=1, alpha=0.85))
-    return ax
 
 # %% ../notebooks/01_quantize.ipynb #ch01-17
 def snap_boxes(boxes: Tensor, num_bins: int) -> Tensor:

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from p2s_lib.quantize import (DEMO_CLASSES, demo_scene, denormalize_boxes, dequantize,
-                              max_quantization_error, normalize_boxes, quantize, show_scene,
+                              max_quantization_error, normalize_boxes, quantize,
                               snap_boxes)
 
 bins_st = st.integers(min_value=2, max_value=4096)
@@ -170,15 +170,3 @@ def test_demo_scene_boxes_cover_painted_objects():
 def test_demo_scene_bad_size():
     with pytest.raises(ValueError, match="demo_scene"):
         demo_scene(height=10, width=10)
-
-
-def test_show_scene_draws_boxes():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    img, boxes, labels = demo_scene()
-    fig, ax = plt.subplots()
-    show_scene(ax, img, boxes, labels, class_names=DEMO_CLASSES)
-    assert len(ax.patches) == len(boxes) and len(ax.texts) == len(boxes)
-    show_scene(ax, torch.rand(3, 20, 30))  # CHW tensor images are accepted
-    plt.close(fig)

