@@ -38,8 +38,8 @@ from p2s_lib.train import Trainer
 PEAK_BF16_TFLOPS = {"H200": 989, "H100 PCIe": 756, "H100": 989, "A100": 312, "L40S": 362, "L4": 121, "A10": 125}
 FULL = dict(preset="r50", sizes=(384, 640), batch=32, objects=None, steps=10, warmup=3, gen_batch=32,
             data_images=512, run_minutes=2.0, torchrun_minutes=0.5)
-SMOKE = dict(preset="r50", sizes=(64,), batch=2, objects=4, steps=2, warmup=1, gen_batch=2,
-             data_images=24, run_minutes=0.15, torchrun_minutes=None)
+SMOKE = dict(preset="r50", sizes=(64,), batch=2, objects=4, steps=1, warmup=1, gen_batch=2,
+             data_images=24, run_minutes=0.1, torchrun_minutes=None)
 
 
 class Budget:
