@@ -46,7 +46,7 @@ def shift_boxes(boxes: Tensor, generator: torch.Generator | None = None) -> Tens
 def random_boxes(n: int, generator: torch.Generator | None = None, style: str = "square",
                  size_range: tuple[float, float] = (0.05, 0.6)) -> Tensor:
     """Bad boxes, kind 2: uniform centre. style='square': near-square (aspect 0.74-1.35), side
-    log-uniform in size_range (object-like, §8). style='official': width and height |N(0, 0.5)|
+    log-uniform in size_range (object-like, what nano trains with). style='official': width and height |N(0, 0.5)|
     truncated at 2 std (the paper's code). Clipped to [0, 1]. Chapter 07."""
     if style not in RANDOM_STYLES:
         raise ValueError(f"style must be one of {RANDOM_STYLES}, got {style!r}")
