@@ -17,7 +17,7 @@ from p2s_lib.data import SYNTHETIC_CLASSES, VOCDataset
 from p2s_lib.transforms import make_transforms
 from p2s_lib.model import load_model
 import p2s_lib.distributed as distributed_mod
-from p2s_lib.config import TrainConfig, check_sets, config_table, resolve_classes, resolve_splits, validate_config
+from p2s_lib.config import TrainConfig, resolve_classes, resolve_splits, validate_config
 from p2s_lib.pipeline import EpochSampler, SeededTransforms, WarmupLinearDecay
 from p2s_lib.train import Trainer, TrainingDiverged
 
