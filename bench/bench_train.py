@@ -2,6 +2,7 @@
 
     python bench/bench_train.py --minutes 5 15          # the 5- and 15-minute budgets
     python bench/bench_train.py --minutes 15 --ship notebooks/assets/nano_synthetic.pt
+    python bench/bench_train.py --minutes 15 --no-sequence-augmentation --ship notebooks/assets/nano_plain.pt
     torchrun --nproc_per_node=2 bench/bench_train.py --minutes 15 --batch-size 8
                                                         # data-parallel: one process per core
 
@@ -71,9 +72,9 @@ def budget_run(root: Path, out: Path, minutes: float, **overrides) -> dict:
         dist.barrier()  # rank 0 has written best.pt; every rank scores its shard of the test split
     model, info = load_model(out / "best.pt")
     test = build_dataset(root, "2007", "test", info["class_names"], make_transforms(False, model.image_size))
-    metrics, _, _ = evaluate_model(model.eval(), test)
-    refined, _, _ = evaluate_model(model, test, refine_window=REFINE_WINDOW)
-    every_label, _, _ = evaluate_model(model, test, refine_window=REFINE_WINDOW,
+    metrics, _, _ = evaluate_model(model.eval(), test, delayed_eos=cfg.delayed_eos)
+    refined, _, _ = evaluate_model(model, test, refine_window=REFINE_WINDOW, delayed_eos=cfg.delayed_eos)
+    every_label, _, _ = evaluate_model(model, test, refine_window=REFINE_WINDOW, delayed_eos=cfg.delayed_eos,
                                        labels_per_object=model.tokenizer.num_classes)
     with (out / "log.csv").open() as f:
         curve = [(round(float(r["train_minutes"]), 2), round(float(r["map_50"]), 3), round(float(r["map"]), 3))
@@ -84,7 +85,8 @@ def budget_run(root: Path, out: Path, minutes: float, **overrides) -> dict:
             "test_map_refined_every_label": round(every_label["map"], 4),
             "curve_train_minutes_map50_map": curve, "steps": steps, "lr": cfg.lr, "decay_frac": cfg.decay_frac,
             "final_lr_frac": cfg.final_lr_frac, "dropout": cfg.dropout, "order": cfg.order,
-            "batch_size": cfg.batch_size, "seed": cfg.seed, "hflip": cfg.hflip, "vflip": cfg.vflip, "transpose": cfg.transpose}
+            "batch_size": cfg.batch_size, "seed": cfg.seed, "sequence_augmentation": cfg.sequence_augmentation,
+            "delayed_eos": cfg.delayed_eos, "hflip": cfg.hflip, "vflip": cfg.vflip, "transpose": cfg.transpose}
 
 
 def main() -> None:
@@ -101,6 +103,9 @@ def main() -> None:
     parser.add_argument("--order", default=None)
     parser.add_argument("--batch-size", type=int, default=8, help="per process (under torchrun: per rank)")
     parser.add_argument("--seed", type=int, default=0, help="the training run's seed (one run per seed)")
+    parser.add_argument("--sequence-augmentation", action=argparse.BooleanOptionalAction, default=True,
+                        help="--no-sequence-augmentation: plain sequences, and decoding that stops at EOS "
+                             "(the baseline of chapters 07 and 08)")
     args = parser.parse_args()
     rank, world_size = setup_distributed()
     if args.threads:
@@ -115,7 +120,9 @@ def main() -> None:
     for minutes in args.minutes:
         run_dir = out / f"nano_{minutes:g}min"
         result = budget_run(root, run_dir, minutes, lr=args.lr, dropout=args.dropout, order=args.order,
-                            batch_size=args.batch_size, seed=args.seed)
+                            batch_size=args.batch_size, seed=args.seed,
+                            sequence_augmentation=None if args.sequence_augmentation else False,
+                            delayed_eos=None if args.sequence_augmentation else False)
         say(json.dumps(result), flush=True)
         last = run_dir
     if rank != 0:
@@ -127,7 +134,8 @@ def main() -> None:
         threads = torch.get_num_threads()
         note = (f"nano preset, trained {max(args.minutes):g} CPU minutes by bench/bench_train.py (lr {result['lr']:.3g} "
                 f"held until the last {result['decay_frac']:.0%} of the budget, then decayed to {result['final_lr_frac']:.0%}, "
-                f"dropout {model.config['decoder']['dropout']:g}, order {result['order']}, flips h/v "
+                f"dropout {model.config['decoder']['dropout']:g}, order {result['order']}, "
+                f"{'sequence augmentation' if result['sequence_augmentation'] else 'no sequence augmentation (plain sequences, evaluated stopping at EOS)'}, flips h/v "
                 f"{result['hflip']:g}/{result['vflip']:g} and transpose {result['transpose']:g}, "
                 f"{model.tokenizer.max_objects} objects per sequence, {world_size} process"
                 f"{'es' if world_size > 1 else ''} x batch {result['batch_size']} x {threads} "

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torchvision
 
-from p2s_lib.model import (PRESETS, CheckpointError, Pix2Seq, count_parameters, cross_attention_maps, load_model,
-                           save_model)
+from p2s_lib.model import (PRESETS, CheckpointError, Pix2Seq, count_parameters, cross_attention_maps,
+                           input_slot_names, load_model, save_model, show_cross_attention)
 from p2s_lib.tokenizer import Tokenizer
 
 
@@ -151,6 +151,33 @@ def test_cross_attention_maps(nano):
     maps = cross_attention_maps(nano, torch.rand(2, 3, 128, 96), torch.tensor([[1, 10, 20], [1, 11, 21]]))
     assert maps.shape == (2, 3, 8, 6)
     assert torch.allclose(maps.sum((-2, -1)), torch.ones(2, 3), atol=1e-5)
+
+
+def test_input_slot_names_follow_the_grammar():
+    tok = Tokenizer(num_classes=2, num_bins=10, max_objects=2)
+    seq = tok.encode(torch.tensor([[0.1, 0.2, 0.5, 0.6], [0.0, 0.0, 1.0, 1.0]]), torch.tensor([1, 0]))
+    names = input_slot_names(seq[:11], tok, ["cat", "dog"])
+    assert names[0] == "BOS"
+    assert names[1:6] == ["ymin 2", "xmin 1", "ymax 5", "xmax 4", "class dog"]
+    assert names[6:11] == ["ymin 0", "xmin 0", "ymax 9", "xmax 9", "class cat"]
+
+
+def test_show_cross_attention_uses_one_fixed_scale():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    maps = torch.full((2, 4, 4), 1 / 16)
+    maps[1] = 0.0
+    maps[1, 0, 0] = 1.0                                   # all weight on one cell: 16x uniform, clipped at vmax
+    fig, axs = plt.subplots(1, 2)
+    overlay = show_cross_attention(axs, torch.rand(3, 32, 32), maps, ["a", "b"], vmax=8.0)
+    assert overlay.get_clim() == (0.0, 8.0)
+    flat = axs[0].get_images()[1].get_array()
+    assert float(flat.min()) == float(flat.max()) == 1.0   # uniform attention plots as 1 everywhere
+    assert [ax.get_title() for ax in axs] == ["a", "b"]
+    with pytest.raises(ValueError, match="one map and one title per axis"):
+        show_cross_attention(axs, torch.rand(3, 32, 32), maps[:1], ["a"])
+    plt.close(fig)
 
 
 def test_save_and_load_model(nano, tmp_path):
