@@ -157,7 +157,6 @@ LINEAR_INITS = ("gpt", "torch")
 class DecoderStack(nn.Module):
     """The decoder's parts and one pass through them: token + learned position embeddings, causal layers
     cross-attending to the image memory, a final LayerNorm, and the tied output layer with its own bias.
-    Learned positions; the token embedding matrix doubles as output layer, plus its own bias.
     `linear_init`: "gpt" (N(0, 0.02) weights) or "torch" (PyTorch's default, Kaiming-uniform) for the
     linear layers; embeddings are N(0, 0.02) either way. `Decoder` adds the ways to call it (ch. 05)."""
     box_prior, partial_box_prior = None, False  # the plain decoder adds no cross-attention bias

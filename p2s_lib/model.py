@@ -24,12 +24,12 @@ PRESETS: dict[str, dict] = {
     # not overfit): no dropout, no LayerNorm on the memory, PyTorch's default init of the linear layers.
     # The box prior of the class step (chapter 05, section 8) speeds up learning the classes; its
     # partial form for the coordinate steps (section 8b), learning where the box edges are. A decoder MLP
-    # 2x the width instead of 4x makes each step cheaper, at no cost per step (RESULTS.md).
+    # 2x the width instead of 4x makes each step cheaper, at no cost in AP50 (RESULTS.md).
     "nano": dict(backbone="tiny", pretrained=False, d_model=192, encoder_layers=0, decoder_layers=3,
                  num_heads=4, dim_feedforward=384, dropout=0.0, image_size=128, num_bins=64,
                  max_objects=10, sincos_init=True, memory_norm=False, linear_init="torch", box_prior=True,
                  partial_box_prior=True),
-    # a middle size: an ImageNet ResNet-18 trunk, short encoder and decoder
+    # a middle size for a single GPU or a patient CPU: an ImageNet ResNet-18 trunk, short encoder and decoder
     "small": dict(backbone="resnet18", pretrained=True, d_model=256, encoder_layers=2, decoder_layers=4,
                   num_heads=8, dim_feedforward=1024, dropout=0.1, image_size=384, num_bins=384,
                   max_objects=50, sincos_init=True, memory_norm=True, linear_init="gpt", box_prior=False,
@@ -171,7 +171,7 @@ def input_slot_names(tokens: Tensor, tokenizer: Tokenizer, class_names=None) -> 
             for t, name in enumerate(names)]
 
 
-def show_cross_attention(axs, image: Tensor, maps: Tensor, titles, vmax: float = 8.0):
+def show_cross_attention(axs, image: Tensor, maps: Tensor, titles, vmax: float = 12.0):
     """Overlay attention maps [T, h, w] on an image [3, S, S], one per axis, as multiples of the uniform
     weight 1/(h*w) on the fixed scale [0, vmax]. Returns the last overlay, for a colour bar (ch. 05b)."""
     if len(maps) != len(axs) or len(titles) != len(axs):
