@@ -75,7 +75,7 @@ def parse_voc_xml(path: str | Path, classes: Sequence[str] | None = None) -> dic
 
     Returns dict(filename, size=(H, W), names, boxes float32 [n, 4] pixel xyxy (xmin-1, ymin-1, xmax, ymax),
     difficult bool [n], truncated bool [n]) and, when `classes` is given, labels int64 [n].
-    Errors name the file; clipped / dropped boxes give one `VOCWarning` per file. See chapter 00."""
+    Errors name the file; clipped / dropped boxes give one `VOCWarning` per file. See chapter 00b."""
     path = Path(path)
     if not path.is_file():
         raise VOCMissingError(path, f"annotation file not found: {path}")
@@ -139,7 +139,7 @@ def parse_voc_xml(path: str | Path, classes: Sequence[str] | None = None) -> dic
 
 # %% ../notebooks/00b_data.ipynb #464bbd31
 def infer_classes(voc_dir: str | Path) -> list[str]:
-    "Sorted unique object names over every XML file in `voc_dir/Annotations`. See chapter 00."
+    "Sorted unique object names over every XML file in `voc_dir/Annotations`. See chapter 00b."
     ann_dir = Path(voc_dir) / "Annotations"
     if not ann_dir.is_dir():
         raise VOCMissingError(ann_dir, f"annotation folder not found: {ann_dir}")
@@ -163,7 +163,7 @@ def decode_rgb(path: str | Path) -> torch.Tensor:
     """Decode an image file to uint8 [3, H, W] with torchvision's libjpeg-turbo decoder (faster than PIL: RESULTS.md).
 
     torchvision 0.29 deprecates its decoders in favour of TorchCodec; that one DeprecationWarning is silenced here."""
-    with warnings.catch_warnings():
+    with warnings.catch_warnings():  # torchvision 0.29: "use TorchCodec"; only that warning is silenced
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torchvision\.io")
         return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
 
@@ -171,7 +171,7 @@ def decode_rgb(path: str | Path) -> torch.Tensor:
 class VOCDataset(torch.utils.data.Dataset):
     """Pascal VOC detection dataset over `root/VOCdevkit/VOC{year}`, split `image_set`.
     `classes`: None -> the 20 VOC classes; a sequence -> those names (label = index); "infer" -> sorted names found
-    in the annotations. Items are (image float32 [3,H,W] in [0,1], target dict). See chapter 00."""
+    in the annotations. Items are (image float32 [3,H,W] in [0,1], target dict). See chapter 00b."""
 
     def __init__(self, root: str | Path, year: str = "2007", image_set: str = "trainval",
                  classes: Sequence[str] | str | None = None, transforms=None):
@@ -250,6 +250,6 @@ class VOCDataset(torch.utils.data.Dataset):
 
 # %% ../notebooks/00b_data.ipynb #4f90caf9
 def collate_fn(batch: Sequence[tuple[torch.Tensor, dict[str, Any]]]) -> tuple[torch.Tensor, list[dict[str, Any]]]:
-    "Stack S×S images into [B, 3, S, S]; keep targets as a list of dicts. See chapter 00."
+    "Stack S×S images into [B, 3, S, S]; keep targets as a list of dicts. See chapter 00b."
     images, targets = zip(*batch)
     return torch.stack(images), list(targets)

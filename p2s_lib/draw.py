@@ -40,20 +40,33 @@ def _as_uint8(image: Tensor) -> Tensor:
     return img if img.dtype == torch.uint8 else (img.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
+def _upscale(img: Tensor, scale: int) -> Tensor:
+    "Each pixel of a [3,H,W] image becomes a scale x scale block (nearest neighbour): pixels stay sharp."
+    return img.repeat_interleave(scale, -2).repeat_interleave(scale, -1) if scale > 1 else img
+
+
 def draw_target(image: Tensor, target: dict[str, Any], classes: Sequence[str] | None = None,
-                normalized: bool | None = None, width: int = 2, font_size: int | None = None) -> Tensor:
+                normalized: bool | None = None, width: int = 2, font_size: int | None = None,
+                scale: int = 1) -> Tensor:
     """Draw `target["boxes"]` (+ class names) on `image` (float [3,H,W] in [0,1] or uint8); returns uint8 [3,H,W].
 
     Normalized boxes (all <= 1, or `normalized=True`) are scaled by max(H, W), the S of an S×S canvas.
     Optional `target["scores"]` are printed next to the names, in matplotlib's DejaVu Sans on a patch of the
-    box's colour, `font_size` pixels high (default: 1/24 of the image's long side, at least 8). Chapter 00a."""
+    box's colour, `font_size` pixels high (default: 1/24 of the image's long side, at least 8). `scale` > 1
+    first turns each pixel into a scale x scale block (returns uint8 [3, scale*H, scale*W]), boxes scaled
+    with it, and the default font becomes 1/28 of the long side, at least 11: smaller next to the shapes,
+    yet readable. Chapter 00a."""
     from torchvision.utils import draw_bounding_boxes
+    scale = int(scale)
+    if scale < 1:
+        raise ValueError(f"scale must be a whole number >= 1, got {scale!r}")
     img = _as_uint8(image)
     boxes = torch.as_tensor(target["boxes"]).as_subclass(torch.Tensor).float().reshape(-1, 4)
     if normalized is None:
         normalized = bool(boxes.numel()) and boxes.max().item() <= 1.0 + 1e-6
     if normalized:
         boxes = boxes * max(img.shape[-2:])
+    img, boxes = _upscale(img, scale), boxes * scale
     if boxes.numel() == 0:
         return img.clone()
     labels = torch.as_tensor(target.get("labels", torch.zeros(len(boxes), dtype=torch.int64))).tolist()
@@ -65,8 +78,9 @@ def draw_target(image: Tensor, target: dict[str, Any], classes: Sequence[str] | 
         name += "*" if difficult[k] else ""
         names.append(f"{name} {float(scores[k]):.2f}" if scores is not None else name)
     from matplotlib import font_manager
-    font = dict(font=font_manager.findfont("DejaVu Sans"), font_size=font_size or max(8, max(img.shape[-2:]) // 24),
-                fill_labels=True)
+    long_side = max(img.shape[-2:])
+    font_size = font_size or (max(8, long_side // 24) if scale == 1 else max(11, long_side // 28))
+    font = dict(font=font_manager.findfont("DejaVu Sans"), font_size=font_size, fill_labels=True)
     out = img
     for thick in (True, False):  # difficult boxes drawn thin
         sel = [k for k in range(len(boxes)) if bool(difficult[k]) != thick]
@@ -81,17 +95,15 @@ def draw_target(image: Tensor, target: dict[str, Any], classes: Sequence[str] | 
 def draw_detections(image: Tensor, prediction: dict, class_names: Sequence[str],
                     score_threshold: float = 0.3, long_side: int = 384) -> Tensor:
     """uint8 [3,H',W'] picture of the detections above `score_threshold`, a colour per class, labels in a
-    readable font on the image scaled up by a whole factor towards `long_side` pixels. Chapter 00a."""
-    from torchvision.transforms.v2.functional import resize
+    readable font on the image scaled up by a whole factor towards `long_side` pixels (each pixel a square
+    block: `draw_target(..., scale=)`). Chapter 00a."""
     canvas = _as_uint8(image)
-    h, w = canvas.shape[-2:]
-    scale = max(1, round(long_side / max(h, w)))
-    if scale > 1:
-        canvas = resize(canvas, [h * scale, w * scale], antialias=True)
+    scale = max(1, round(long_side / max(canvas.shape[-2:])))
     keep = torch.as_tensor(prediction["scores"]) >= score_threshold
-    shown = {"boxes": torch.as_tensor(prediction["boxes"])[keep] * scale,
+    shown = {"boxes": torch.as_tensor(prediction["boxes"])[keep],
              "labels": torch.as_tensor(prediction["labels"])[keep], "scores": torch.as_tensor(prediction["scores"])[keep]}
-    return draw_target(canvas, shown, class_names, normalized=False, font_size=max(11, max(h, w) * scale // 28))
+    return draw_target(canvas, shown, class_names, normalized=False, scale=scale,
+                       font_size=max(11, max(canvas.shape[-2:]) * scale // 28))
 
 
 # %% ../notebooks/00a_draw.ipynb #f03891f7

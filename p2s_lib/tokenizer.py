@@ -249,6 +249,7 @@ def show_tokens(ax, tokens, tokenizer: Vocabulary, class_names=None, wrap: int |
     from matplotlib.patches import Patch, Rectangle
     t = _as_ids(tokens).reshape(-1).cpu()
     names = tokenizer.token_names(t, class_names)
+    shown = set()
     for i, (tid, name) in enumerate(zip(t.tolist(), names)):
         if wrap and i > 0:
             row, col = (i - 1) // wrap, 1 + (i - 1) % wrap
@@ -264,6 +265,7 @@ def show_tokens(ax, tokens, tokenizer: Vocabulary, class_names=None, wrap: int |
             kind = "class"
         else:
             kind = "coord"
+        shown.add(kind)
         top = SLOT_NAMES[(i - 1) % 5] if kind == "coord" and i > 0 else ""
         ax.add_patch(Rectangle((col, row), 0.94, 0.9, facecolor=TOKEN_COLORS[kind], edgecolor="white"))
         label = f"{top}\n{name.replace('bin ', '')}\n#{tid}" if top else f"{name}\n#{tid}"
@@ -272,6 +274,6 @@ def show_tokens(ax, tokens, tokenizer: Vocabulary, class_names=None, wrap: int |
     n_cols = (1 + wrap) if wrap else max(len(t), 1)
     ax.set_xlim(-0.1, n_cols); ax.set_ylim(n_rows + 0.1, -0.1)
     ax.set_aspect("equal"); ax.axis("off")
-    ax.legend(handles=[Patch(color=TOKEN_COLORS[k], label=k) for k in ("special", "coord", "class", "noise", "pad")],
+    ax.legend(handles=[Patch(color=TOKEN_COLORS[k], label=k) for k in ("special", "coord", "class", "noise", "pad") if k in shown],
               loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=fontsize + 1, frameon=False)
     return ax

@@ -123,7 +123,7 @@ def make_transforms(train: bool, image_size: int, scale_range: tuple[float, floa
     """Eval: resize longest side to S, pad bottom/right to S×S. Train: horizontal flip with prob `hflip` (and
     vertical flip / transpose with probs `vflip` / `transpose`, for data with no "up"), scale jitter in
     `scale_range`, random S×S crop, colour jitter of strength `color_jitter`. Boxes out: normalized
-    xyxy in [0, 1] of the S×S canvas. See chapter 00."""
+    xyxy in [0, 1] of the S×S canvas. See chapter 00c."""
     if image_size < 1:
         raise ValueError(f"image_size must be positive, got {image_size!r}")
     if not (0 < scale_range[0] <= scale_range[1]):

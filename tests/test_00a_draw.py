@@ -64,3 +64,15 @@ def test_tiles_pad_to_the_largest_and_save_png_round_trips(tmp_path):
     assert tiles.dtype == torch.uint8 and tiles.shape == (3, 30 + 2 * 4, 2 * 20 + 3 * 4)   # make_grid's 4-px padding
     assert torch.equal(decode_image(str(save_png(tiles, tmp_path / "t.png"))), tiles)
     assert len(show_grid([tiles, tiles], ["x", "y"], ncols=2).axes) == 2
+
+
+def test_scaling_up_turns_each_pixel_into_a_square_block_and_scales_the_boxes():
+    image = torch.randint(0, 256, (3, 20, 30), dtype=torch.uint8)
+    target = {"boxes": torch.tensor([[2.0, 3.0, 10.0, 12.0]]), "labels": torch.tensor([1])}
+    big = draw_target(image, {"boxes": torch.zeros(0, 4)}, scale=3)
+    assert big.shape == (3, 60, 90) and torch.equal(big, image.repeat_interleave(3, 1).repeat_interleave(3, 2))
+    drawn = draw_target(image, target, ["a", "b"], scale=3, width=1)
+    assert torch.equal(drawn[:, 45:, :], big[:, 45:, :])                      # nothing below the box's bottom edge (y1 = 36)
+    assert (drawn[:, 9:36, 6] != big[:, 9:36, 6]).any(0).all()                # its left edge at x0 = 2 * 3
+    picture = draw_detections(image, {**target, "scores": torch.tensor([0.9])}, ["a", "b"], long_side=90)
+    assert torch.equal(picture[:, 45:], big[:, 45:])                          # draw_detections: the same square blocks

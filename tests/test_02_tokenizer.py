@@ -291,6 +291,17 @@ def test_show_tokens_draws_one_cell_per_token():
     assert set(TOKEN_COLORS) == {"special", "pad", "coord", "class", "noise"} and len(SLOT_NAMES) == 5
 
 
+def test_show_tokens_legend_names_only_the_kinds_drawn():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    t = tok4()
+    fig, ax = plt.subplots()
+    show_tokens(ax, t.encode(torch.tensor([[0.1, 0.2, 0.3, 0.4]]), [1]), t, ["a", "b", "c", "d"])
+    assert [x.get_text() for x in ax.get_legend().get_texts()] == ["special", "coord", "class"]
+    plt.close(fig)
+
+
 @settings(max_examples=30, deadline=None)
 @given(st.integers(1, 4), st.integers(0, 5), st.integers(0, 2**31 - 1))
 def test_object_tokens_of_a_batch_are_each_rows_encoding(rows, objects, seed):
