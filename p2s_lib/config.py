@@ -19,8 +19,8 @@ from .coco import COCODataset, coco_classes
 class TrainConfig:
     """Everything a run needs; stored in every checkpoint so `--resume` rebuilds the same run.
 
-    The defaults are the paper's settings. `sources` says where each value came from (chapter 11's
-    recipes fill it); a field missing there is this default."""
+    Paper-style optimizer defaults; the `paper` recipe (chapter 11) holds the paper's values. `sources`
+    says where each value came from (chapter 11's recipes fill it); a field missing there is this default."""
     data_root: str | None = None       # VOC: the folder holding VOCdevkit/; COCO: the folder of the images
     year: str = "2007"                 # one year, or several joined by "+" (e.g. "2007+2012")
     train_set: str | None = None       # a VOC split name or a COCO .json file; None: train, else trainval

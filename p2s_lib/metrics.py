@@ -40,68 +40,6 @@ def voc_ap(recall: Tensor, precision: Tensor, use_07_metric: bool = False) -> fl
     i = torch.nonzero(mrec[1:] != mrec[:-1]).flatten()  # where recall changes
     return float(((mrec[i + 1] - mrec[i]) * mpre[i + 1]).sum())
 
-# %% ../notebooks/09_metrics.ipynb #ch09-18
-PREDICTION_KEYS, TARGET_KEYS = ("boxes", "scores", "labels"), ("boxes", "labels")
-
-
-def _boxes(x, what: str, i: int) -> np.ndarray:
-    "One image's boxes as float64 [n, 4], checked: finite, xyxy with x2 >= x1 and y2 >= y1."
-    b = torch.as_tensor(x, dtype=torch.float64).numpy()
-    if b.size == 0:
-        return b.reshape(0, 4)
-    if b.ndim != 2 or b.shape[1] != 4:
-        raise ValueError(f"{what}[{i}]['boxes'] must have shape [n, 4], got {tuple(b.shape)}")
-    for bad, msg in ((~np.isfinite(b).all(1), "boxes must be finite"),
-                     ((b[:, 2] < b[:, 0]) | (b[:, 3] < b[:, 1]), "boxes must be xyxy with x2 >= x1 and y2 >= y1")):
-        if bad.any():
-            raise ValueError(f"{what}[{i}]: {msg}, got box {b[bad.argmax()].tolist()}")
-    return b
-
-
-def _per_box(x, n: int, what: str, i: int, key: str) -> np.ndarray:
-    "One value per box (scores, labels, difficult) as float64 [n], checked."
-    v = torch.as_tensor(x).double().numpy()
-    if v.size == 0 and n == 0:
-        return v.reshape(0)
-    if v.ndim != 1 or v.shape[0] != n:
-        raise ValueError(f"{what}[{i}]['{key}'] must have shape [{n}] (one per box), got {tuple(v.shape)}")
-    if not np.isfinite(v).all():
-        raise ValueError(f"{what}[{i}]['{key}'] must be finite, got {v[~np.isfinite(v)][0]}")
-    if key == "labels" and ((v != v.round()) | (v < 0)).any():
-        raise ValueError(f"{what}[{i}]['labels'] must be integers >= 0, got {v[(v != v.round()) | (v < 0)][0]}")
-    return v
-
-
-def _check_image(d, what: str, i: int) -> dict:
-    "One image's dict as numpy arrays: boxes, labels (int64), and scores or difficult (bool)."
-    keys = PREDICTION_KEYS if what == "predictions" else TARGET_KEYS
-    if not isinstance(d, dict) or any(k not in d for k in keys):
-        raise ValueError(f"{what}[{i}] must be a dict with keys {keys}, got {sorted(d) if isinstance(d, dict) else d!r}")
-    out = {"boxes": _boxes(d["boxes"], what, i)}
-    n = len(out["boxes"])
-    for key in keys[1:]:
-        out[key] = _per_box(d[key], n, what, i, key)
-    out["labels"] = out["labels"].astype(np.int64)
-    if what == "targets":
-        difficult = d.get("difficult")
-        out["difficult"] = np.zeros(n, bool) if difficult is None else _per_box(difficult, n, what, i, "difficult") != 0
-    return out
-
-
-def _check_inputs(predictions: Sequence[dict], targets: Sequence[dict], num_classes: int | None):
-    "Checked per-image numpy dicts of predictions and targets, and the number of classes."
-    if not isinstance(predictions, Sequence) or not isinstance(targets, Sequence):
-        raise ValueError(f"predictions and targets must be lists of dicts, got {type(predictions).__name__} and {type(targets).__name__}")
-    if len(predictions) != len(targets):
-        raise ValueError(f"predictions and targets must have the same length (one per image), got {len(predictions)} and {len(targets)}")
-    dets = [_check_image(p, "predictions", i) for i, p in enumerate(predictions)]
-    gts = [_check_image(t, "targets", i) for i, t in enumerate(targets)]
-    top = max((int(d["labels"].max()) for d in dets + gts if len(d["labels"])), default=-1)
-    num_classes = top + 1 if num_classes is None else num_classes
-    if top >= num_classes:
-        raise ValueError(f"labels must lie in [0, num_classes={num_classes}), got {top}")
-    return dets, gts, num_classes
-
 # %% ../notebooks/09_metrics.ipynb #ch09-21
 def match_coco(ious: np.ndarray, ignored: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """COCOeval's greedy matching of one image and class, at every IoU threshold at once.
@@ -257,6 +195,68 @@ def summarize(precision: np.ndarray, recall: np.ndarray, voc: np.ndarray) -> dic
             "voc_ap50_per_class": voc[:, 0].tolist(), "voc07_ap50_per_class": voc[:, 1].tolist(),
             "coco_stats": stats, "precision": torch.from_numpy(precision[:, 0]).permute(1, 2, 0),
             "num_classes": len(precision)}
+
+# %% ../notebooks/09_metrics.ipynb #ch09-18
+PREDICTION_KEYS, TARGET_KEYS = ("boxes", "scores", "labels"), ("boxes", "labels")
+
+
+def _boxes(x, what: str, i: int) -> np.ndarray:
+    "One image's boxes as float64 [n, 4], checked: finite, xyxy with x2 >= x1 and y2 >= y1."
+    b = torch.as_tensor(x, dtype=torch.float64).numpy()
+    if b.size == 0:
+        return b.reshape(0, 4)
+    if b.ndim != 2 or b.shape[1] != 4:
+        raise ValueError(f"{what}[{i}]['boxes'] must have shape [n, 4], got {tuple(b.shape)}")
+    for bad, msg in ((~np.isfinite(b).all(1), "boxes must be finite"),
+                     ((b[:, 2] < b[:, 0]) | (b[:, 3] < b[:, 1]), "boxes must be xyxy with x2 >= x1 and y2 >= y1")):
+        if bad.any():
+            raise ValueError(f"{what}[{i}]: {msg}, got box {b[bad.argmax()].tolist()}")
+    return b
+
+
+def _per_box(x, n: int, what: str, i: int, key: str) -> np.ndarray:
+    "One value per box (scores, labels, difficult) as float64 [n], checked."
+    v = torch.as_tensor(x).double().numpy()
+    if v.size == 0 and n == 0:
+        return v.reshape(0)
+    if v.ndim != 1 or v.shape[0] != n:
+        raise ValueError(f"{what}[{i}]['{key}'] must have shape [{n}] (one per box), got {tuple(v.shape)}")
+    if not np.isfinite(v).all():
+        raise ValueError(f"{what}[{i}]['{key}'] must be finite, got {v[~np.isfinite(v)][0]}")
+    if key == "labels" and ((v != v.round()) | (v < 0)).any():
+        raise ValueError(f"{what}[{i}]['labels'] must be integers >= 0, got {v[(v != v.round()) | (v < 0)][0]}")
+    return v
+
+
+def _check_image(d, what: str, i: int) -> dict:
+    "One image's dict as numpy arrays: boxes, labels (int64), and scores or difficult (bool)."
+    keys = PREDICTION_KEYS if what == "predictions" else TARGET_KEYS
+    if not isinstance(d, dict) or any(k not in d for k in keys):
+        raise ValueError(f"{what}[{i}] must be a dict with keys {keys}, got {sorted(d) if isinstance(d, dict) else d!r}")
+    out = {"boxes": _boxes(d["boxes"], what, i)}
+    n = len(out["boxes"])
+    for key in keys[1:]:
+        out[key] = _per_box(d[key], n, what, i, key)
+    out["labels"] = out["labels"].astype(np.int64)
+    if what == "targets":
+        difficult = d.get("difficult")
+        out["difficult"] = np.zeros(n, bool) if difficult is None else _per_box(difficult, n, what, i, "difficult") != 0
+    return out
+
+
+def _check_inputs(predictions: Sequence[dict], targets: Sequence[dict], num_classes: int | None):
+    "Checked per-image numpy dicts of predictions and targets, and the number of classes."
+    if not isinstance(predictions, Sequence) or not isinstance(targets, Sequence):
+        raise ValueError(f"predictions and targets must be lists of dicts, got {type(predictions).__name__} and {type(targets).__name__}")
+    if len(predictions) != len(targets):
+        raise ValueError(f"predictions and targets must have the same length (one per image), got {len(predictions)} and {len(targets)}")
+    dets = [_check_image(p, "predictions", i) for i, p in enumerate(predictions)]
+    gts = [_check_image(t, "targets", i) for i, t in enumerate(targets)]
+    top = max((int(d["labels"].max()) for d in dets + gts if len(d["labels"])), default=-1)
+    num_classes = top + 1 if num_classes is None else num_classes
+    if top >= num_classes:
+        raise ValueError(f"labels must lie in [0, num_classes={num_classes}), got {top}")
+    return dets, gts, num_classes
 
 # %% ../notebooks/09_metrics.ipynb #ch09-29
 def _xywh(b: np.ndarray) -> list[list[float]]:
