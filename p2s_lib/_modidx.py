@@ -130,6 +130,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                 'p2s_lib/distributed.py'),
                                      'p2s_lib.distributed.summary_metrics': ('distributed.html#summary_metrics', 'p2s_lib/distributed.py')},
             'p2s_lib.draw': { 'p2s_lib.draw._as_uint8': ('draw.html#_as_uint8', 'p2s_lib/draw.py'),
+                              'p2s_lib.draw._upscale': ('draw.html#_upscale', 'p2s_lib/draw.py'),
                               'p2s_lib.draw.class_color': ('draw.html#class_color', 'p2s_lib/draw.py'),
                               'p2s_lib.draw.draw_detections': ('draw.html#draw_detections', 'p2s_lib/draw.py'),
                               'p2s_lib.draw.draw_target': ('draw.html#draw_target', 'p2s_lib/draw.py'),

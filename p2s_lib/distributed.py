@@ -30,6 +30,7 @@ def setup_distributed(device: torch.device | str = "cpu") -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
 
+# %% ../notebooks/10c_distributed.ipynb #90c96cdd
 def all_ranks_agree(flag: bool, device: torch.device) -> bool:
     """True only if `flag` is true on every rank (a no-op without DDP)."""
     if not dist.is_initialized():
@@ -48,6 +49,7 @@ def broadcast_from_main(value: int, device: torch.device) -> int:
     return int(t.item())
 
 
+# %% ../notebooks/10c_distributed.ipynb #996fb0aa
 def broadcast_buffers(module: torch.nn.Module) -> None:
     """Rank 0's buffers (BatchNorm's running statistics) on every rank (a no-op without DDP). DDP copies
     them from rank 0 at the start of each forward, so after the last step each rank holds its own."""
@@ -64,6 +66,7 @@ def gather_lists(items: list) -> list:
     gathered = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, items)
     return [x for part in gathered for x in part]
+
 
 # %% ../notebooks/10c_distributed.ipynb #fc083ae1
 def summary_metrics(metrics: dict) -> dict:

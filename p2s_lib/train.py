@@ -68,10 +68,6 @@ class TrainingStep:
             raise TrainingDiverged(f"loss is {loss} by step {self.step} (lr {self.lr:.2e}); {saved}. "
                                    f"Lower --lr or raise the warmup.")
 
-    @property
-    def lr(self) -> float:
-        return self.optimizer.param_groups[0]["lr"]
-
 # %% ../notebooks/10d_train_voc.ipynb #f6deb502
 class TrainingLoop(TrainingStep):
     """Epochs of steps, logs every `log_every` steps, evaluations, and every way a run ends."""
