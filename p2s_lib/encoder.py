@@ -18,7 +18,8 @@ from torch import Tensor
 # %% ../notebooks/04_encoder.ipynb #6679219e
 def sincos_1d(positions: Tensor, dim: int, temperature: float = 10000.0) -> Tensor:
     """Sin-cos codes of real-valued `positions` [n] -> [n, dim]: dim/2 sines then dim/2 cosines,
-    frequencies from 1 down to 1/temperature radians per unit (ch. 04)."""
+    frequencies temperature^(-i/k), i = 0..k-1 with k = dim/2: from 1 down to temperature^(-(k-1)/k)
+    radians per unit (ch. 04)."""
     if dim % 2:
         raise ValueError(f"sincos_1d needs an even dim, got {dim!r}")
     omega = temperature ** -(torch.arange(dim // 2, dtype=torch.float64) / (dim // 2))
