@@ -109,7 +109,7 @@ def recipe_for(preset: str) -> str:
     return PRESET_RECIPES.get(preset, "paper")
 
 
-def make_config(recipe: str | None = None, world_size: int | None = None, given_by: str = "given",
+def make_config(recipe: str | None = None, world_size: int | None = None, given_by: str = "argument",
                 **given) -> TrainConfig:
     """A TrainConfig: its defaults, then the recipe's values, then `given` on top (facts about the data,
     flags). No recipe: the preset's. Unless `lr` is given, the recipe's lr is scaled by

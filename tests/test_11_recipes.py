@@ -16,7 +16,7 @@ def test_a_recipe_resolves_and_what_is_given_overrides_it(tmp_path):
     for name, (value, _) in CPU.settings.items():
         if name not in ("lr", "scale_max"):
             assert getattr(cfg, name) == value, name
-    assert cfg.scale_max == 1.5 and cfg.source("scale_max") == "given (given)"
+    assert cfg.scale_max == 1.5 and cfg.source("scale_max") == "given (argument)"
     assert (cfg.vflip, cfg.transpose, cfg.classes) == (0.5, 0.5, "a,b")     # facts about the data, as stated
     assert cfg.source("scale_min").startswith("recipe cpu: ") and cfg.source("hflip") == "TrainConfig default"
     assert cfg.epochs is None and cfg.max_minutes == 15                    # a budget, no hidden epoch cap
