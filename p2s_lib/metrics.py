@@ -309,7 +309,7 @@ def recall_at_iou(preds: list[dict], targets: list[dict], iou_threshold: float =
                   class_agnostic: bool = False) -> float:
     """Share of ground-truth boxes found: matched by a prediction of the same class (any class with
     `class_agnostic`) with IoU >= threshold. Predictions go in score order and each takes at most one
-    box, the best one still free, as in VOC matching. No score threshold (chapter 09)."""
+    box, the best one still free, as COCO's greedy matching does. No score threshold (chapter 09)."""
     if len(preds) != len(targets):
         raise ValueError(f"{len(preds)} prediction dicts for {len(targets)} targets")
     found = total = 0
