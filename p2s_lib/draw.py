@@ -40,11 +40,13 @@ def _as_uint8(image: Tensor) -> Tensor:
     return img if img.dtype == torch.uint8 else (img.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
+# %% ../notebooks/00a_draw.ipynb #520c86b7
 def _upscale(img: Tensor, scale: int) -> Tensor:
     "Each pixel of a [3,H,W] image becomes a scale x scale block (nearest neighbour): pixels stay sharp."
     return img.repeat_interleave(scale, -2).repeat_interleave(scale, -1) if scale > 1 else img
 
 
+# %% ../notebooks/00a_draw.ipynb #8e5be814
 def draw_target(image: Tensor, target: dict[str, Any], classes: Sequence[str] | None = None,
                 normalized: bool | None = None, width: int = 2, font_size: int | None = None,
                 scale: int = 1) -> Tensor:

@@ -38,6 +38,7 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return c0 + (c1 - c0) * t[..., None]
 
 
+# %% ../notebooks/00_synthetic.ipynb #bccbacd3
 def _shape_mask(kind: str, cx: float, cy: float, s: float, theta: float, inner: float, h: int, w: int
                 ) -> tuple[tuple[slice, slice], np.ndarray, tuple[float, float, float, float]]:
     """Rasterize one shape of size `s`. Returns the window (rows, cols) of the image it touches, its bool mask
@@ -68,6 +69,7 @@ def _shape_mask(kind: str, cx: float, cy: float, s: float, theta: float, inner: 
     else:
         draw.polygon([(x - c0, y - r0) for x, y in pts.tolist()], fill=255)
     return window, np.asarray(m) > 0, tuple(float(v) for v in extent)
+
 
 # %% ../notebooks/00_synthetic.ipynb #e9c15c11
 def _render_image(rng: np.random.Generator, h: int, w: int, classes: Sequence[str], max_objects: int,

@@ -37,6 +37,7 @@ class ResizeLongestSide(v2.Transform):
         return self._call_kernel(TF.resize, inpt, size=list(params["new_size"]), antialias=True)
 
 
+# %% ../notebooks/00c_transforms.ipynb #a9237ff0
 class FixedSizeCrop(v2.Transform):
     """Crop a size x size window: at a random position (train) or the top-left corner (eval).
 
@@ -58,6 +59,7 @@ class FixedSizeCrop(v2.Transform):
                                  height=self.size, width=self.size)
 
 
+# %% ../notebooks/00c_transforms.ipynb #e54df4f0
 class RandomTranspose(v2.Transform):
     """Swap the x and y axes (rotate by 90° and mirror) with probability p; boxes follow.
 
@@ -83,6 +85,7 @@ class RandomTranspose(v2.Transform):
         if type(inpt) is torch.Tensor:  # v2 takes a plain tensor for the image when there is no Image
             return inpt.transpose(-1, -2)
         raise TypeError(f"RandomTranspose can't transpose a {type(inpt).__name__}")
+
 
 # %% ../notebooks/00c_transforms.ipynb #a737d633
 def _box_aligned(inputs: Any) -> tuple[torch.Tensor, ...]:
