@@ -122,6 +122,7 @@ def _augment_padded(boxes: Tensor, labels: Tensor, n_real: Tensor, noise_label: 
     return out, torch.where(is_noise, noise_label, labels), kind
 
 
+# %% ../notebooks/07_augment.ipynb #b6e6010a
 def augment_objects(boxes: Tensor, labels: Tensor, tokenizer: Tokenizer, generator: torch.Generator | None = None,
                     num_objects: int | None = None, dup_share: float | None = None, jitter_std: float = 0.05,
                     random_style: str = "square", return_kinds: bool = False) -> tuple[Tensor, ...]:
@@ -142,6 +143,7 @@ def augment_objects(boxes: Tensor, labels: Tensor, tokenizer: Tokenizer, generat
     b, l, kind = _augment_padded(pb, pl, torch.tensor([n]), tokenizer.num_classes, generator, dup_share,
                                  jitter_std, random_style)
     return (b[0], l[0], kind[0] > 0, kind[0]) if return_kinds else (b[0], l[0], kind[0] > 0)
+
 
 # %% ../notebooks/07_augment.ipynb #ch07-19
 def corrupt_classes(input_tokens: Tensor, tokenizer: Tokenizer, prob: float = 1.0,
@@ -193,6 +195,7 @@ def build_batch(targets: Sequence[dict], tokenizer: Tokenizer, order: str = "ran
                             dup_share, random_style)
 
 
+# %% ../notebooks/07_augment.ipynb #23749fa0
 def _build_batch(targets, tokenizer, order, augment, eos_weight, generator, class_corruption, dup_share, random_style):
     if order not in ORDERS:
         raise ValueError(f"unknown order {order!r}; valid orders: {', '.join(ORDERS)}")
@@ -231,3 +234,4 @@ def _build_batch(targets, tokenizer, order, augment, eos_weight, generator, clas
     if augment and class_corruption > 0:
         inp = corrupt_classes(inp, tokenizer, class_corruption, generator)
     return inp, tgt, weights
+

@@ -75,6 +75,7 @@ def hash_uniform(keys: Tensor) -> Tensor:
     return (_shift_right(x, 40).float() + 0.5) / 2 ** 24
 
 
+# %% ../notebooks/08_inference.ipynb #ed46ba6b
 def sample_tokens(probs: Tensor, seeds: Tensor, step: int) -> Tensor:
     """One token per row of `probs` [B, V], drawn with row b's own random numbers, a function of
     (seeds[b], step, token id) only: the same image gets the same draw in any batch (chapter 08)."""
@@ -84,6 +85,7 @@ def sample_tokens(probs: Tensor, seeds: Tensor, step: int) -> Tensor:
     return race.argmax(-1)
 
 
+# %% ../notebooks/08_inference.ipynb #5f7b90b6
 def amp_dtype(device: torch.device, autocast: bool | None = None) -> torch.dtype | None:
     """The autocast dtype, or None for full precision. None: on for CUDA only. CUDA: bf16 where the GPU
     supports it, else fp16 (training adds a GradScaler). CPU: bf16 (chapter 08)."""
@@ -92,6 +94,7 @@ def amp_dtype(device: torch.device, autocast: bool | None = None) -> torch.dtype
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
         return torch.float16
     return torch.bfloat16
+
 
 # %% ../notebooks/08_inference.ipynb #ch08-017
 def refine_bin(bin_logits: Tensor, chosen: Tensor, window: int, bins: Tensor) -> Tensor:
@@ -102,6 +105,7 @@ def refine_bin(bin_logits: Tensor, chosen: Tensor, window: int, bins: Tensor) ->
     return (weights * bins).sum(-1)
 
 
+# %% ../notebooks/08_inference.ipynb #017570da
 def next_token(logits: Tensor, greedy: bool, temperature: float, top_k: int, top_p: float, seeds: Tensor | None,
                step: int, generator: torch.Generator | None) -> Tensor:
     """One generation step's tokens [B] from masked logits [B, V]: the argmax, or a sample after temperature and
@@ -116,6 +120,7 @@ def next_token(logits: Tensor, greedy: bool, temperature: float, top_k: int, top
     return torch.multinomial(probs, 1, generator=generator)[:, 0].to(logits.device)
 
 
+# %% ../notebooks/08_inference.ipynb #a5b60b3c
 def _check_generate(tok, n_obj: int, images: Tensor, greedy: bool, temperature: float, refine_window: int,
                     seeds: Tensor | None) -> None:
     if not 1 <= n_obj <= tok.max_objects:
@@ -130,6 +135,7 @@ def _check_generate(tok, n_obj: int, images: Tensor, greedy: bool, temperature: 
         raise ValueError(f"seeds must hold one int64 per image ({images.size(0)}), got shape {tuple(seeds.shape)}")
 
 
+# %% ../notebooks/08_inference.ipynb #6c552b3e
 def _decoder_step(decoder: nn.Module, tokens: Tensor, cache) -> Tensor:
     return decoder.step(tokens, cache)
 
@@ -144,6 +150,7 @@ def compiled_decoder_step():
     if _COMPILED_STEP is None:
         _COMPILED_STEP = torch.compile(_decoder_step, dynamic=False)
     return _COMPILED_STEP
+
 
 # %% ../notebooks/08_inference.ipynb #ae181ac0
 @torch.inference_mode()
