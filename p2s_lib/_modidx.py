@@ -188,6 +188,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                  'p2s_lib.metrics.evaluate': ('metrics.html#evaluate', 'p2s_lib/metrics.py'),
                                  'p2s_lib.metrics.evaluate_image': ('metrics.html#evaluate_image', 'p2s_lib/metrics.py'),
                                  'p2s_lib.metrics.export_coco_json': ('metrics.html#export_coco_json', 'p2s_lib/metrics.py'),
+                                 'p2s_lib.metrics.greedy_hits': ('metrics.html#greedy_hits', 'p2s_lib/metrics.py'),
                                  'p2s_lib.metrics.match_coco': ('metrics.html#match_coco', 'p2s_lib/metrics.py'),
                                  'p2s_lib.metrics.match_voc': ('metrics.html#match_voc', 'p2s_lib/metrics.py'),
                                  'p2s_lib.metrics.out_of_range': ('metrics.html#out_of_range', 'p2s_lib/metrics.py'),

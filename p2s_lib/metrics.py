@@ -15,7 +15,7 @@ from torchvision.ops import box_area, box_convert, box_iou
 # %% auto #0
 __all__ = ['IOU_THRESHOLDS', 'RECALL_THRESHOLDS', 'AREA_RANGES', 'MAX_DETS', 'PREDICTION_KEYS', 'TARGET_KEYS', 'voc_ap',
            'match_coco', 'match_voc', 'out_of_range', 'evaluate_image', 'coco_curves', 'voc_class_ap', 'evaluate',
-           'summarize', 'to_coco', 'export_coco_json', 'recall_at_iou', 'plot_pr_curves']
+           'summarize', 'to_coco', 'export_coco_json', 'greedy_hits', 'recall_at_iou', 'plot_pr_curves']
 
 # %% ../notebooks/09_metrics.ipynb #ch09-12
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
@@ -305,29 +305,33 @@ def export_coco_json(predictions: Sequence[dict], image_ids: Sequence, path: str
     return path
 
 # %% ../notebooks/09_metrics.ipynb #8c2aeed0
+def greedy_hits(pred: dict, target: dict, iou_threshold: float = 0.5, class_agnostic: bool = False) -> Tensor:
+    """One image: bool [n_pred], True where a prediction finds an object. Predictions go in score order and each
+    takes at most one box, the best one still free with IoU >= threshold (same class unless `class_agnostic`),
+    as COCO's greedy matching does. No score threshold (chapter 09)."""
+    hit = torch.zeros(len(pred["boxes"]), dtype=torch.bool)
+    if len(pred["boxes"]) == 0 or len(target["boxes"]) == 0:
+        return hit
+    iou = box_iou(pred["boxes"].float(), target["boxes"].float())
+    if not class_agnostic:
+        iou = iou * (pred["labels"][:, None] == target["labels"][None, :])
+    taken = torch.zeros(len(target["boxes"]), dtype=torch.bool)
+    for i in pred["scores"].argsort(descending=True).tolist():
+        free = iou[i].masked_fill(taken, 0)
+        j = int(free.argmax())
+        if free[j] >= iou_threshold:
+            taken[j] = hit[i] = True
+    return hit
+
+
 def recall_at_iou(preds: list[dict], targets: list[dict], iou_threshold: float = 0.5,
                   class_agnostic: bool = False) -> float:
-    """Share of ground-truth boxes found: matched by a prediction of the same class (any class with
-    `class_agnostic`) with IoU >= threshold. Predictions go in score order and each takes at most one
-    box, the best one still free, as COCO's greedy matching does. No score threshold (chapter 09)."""
+    """Share of ground-truth boxes found by `greedy_hits` (each hit finds one object) over all images (chapter 09)."""
     if len(preds) != len(targets):
         raise ValueError(f"{len(preds)} prediction dicts for {len(targets)} targets")
-    found = total = 0
-    for p, t in zip(preds, targets):
-        total += len(t["boxes"])
-        if len(p["boxes"]) == 0 or len(t["boxes"]) == 0:
-            continue
-        iou = box_iou(p["boxes"].float(), t["boxes"].float())
-        if not class_agnostic:
-            iou = iou * (p["labels"][:, None] == t["labels"][None, :])
-        taken = torch.zeros(len(t["boxes"]), dtype=torch.bool)
-        for i in p["scores"].argsort(descending=True).tolist():
-            free = iou[i].masked_fill(taken, 0)
-            j = int(free.argmax())
-            if free[j] >= iou_threshold:
-                taken[j] = True
-        found += int(taken.sum())
-    return found / max(total, 1)
+    found = sum(int(greedy_hits(p, t, iou_threshold, class_agnostic).sum()) for p, t in zip(preds, targets))
+    return found / max(sum(len(t["boxes"]) for t in targets), 1)
+
 
 # %% ../notebooks/09_metrics.ipynb #ch09-36
 def plot_pr_curves(result: dict, class_names: Sequence[str] | None = None, iou_threshold: float = 0.5, ax=None):

@@ -16,7 +16,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torchvision.ops import box_iou
 
-from p2s_lib.metrics import evaluate, export_coco_json, plot_pr_curves, recall_at_iou, to_coco, voc_ap
+from p2s_lib.metrics import evaluate, export_coco_json, greedy_hits, plot_pr_curves, recall_at_iou, to_coco, voc_ap
 
 STATS = ["map", "map_50", "map_75", "map_small", "map_medium", "map_large",
          "mar_1", "mar_10", "mar_100", "mar_small", "mar_medium", "mar_large"]
@@ -253,8 +253,9 @@ def test_empty_targets_and_empty_lists():
 def test_invariant_to_order_of_images_and_detections(seed, data):
     rng = np.random.default_rng(seed)
     preds, targets = random_case(rng, n_images=data.draw(st.integers(1, 5)), num_classes=3, max_gt=6, max_det=25)
-    for p in preds:                                          # distinct scores: no tie-breaking involved
-        p["scores"] = torch.tensor(rng.permutation(10_000)[: len(p["scores"])] / 10_000, dtype=torch.float64)
+    distinct = iter(rng.permutation(10_000) / 10_000)        # distinct over all images: ties across images
+    for p in preds:                                          # are broken by image order (pycocotools too)
+        p["scores"] = torch.tensor([next(distinct) for _ in p["scores"]], dtype=torch.float64)
     base = evaluate(preds, targets, num_classes=3)
     img = data.draw(st.permutations(range(len(preds))))
     shuffled_p, shuffled_t = [], []
@@ -351,6 +352,13 @@ def test_recall_one_prediction_takes_one_box():
     truth = _dets([[0, 0, 10, 10], [0, 0, 10, 10]], [0, 0])
     assert recall_at_iou([_dets([[0, 0, 10, 10]], [0])], [truth]) == 0.5
     assert recall_at_iou([_dets([[0, 0, 10, 10]] * 2, [0, 0])], [truth]) == 1.0
+
+
+def test_greedy_hits_marks_the_higher_scored_of_two_copies():
+    truth = _dets([[0, 0, 10, 10]], [0])
+    copies = _dets([[0, 0, 10, 10], [0, 0, 10, 10]], [0, 0], scores=[0.2, 0.9])
+    assert greedy_hits(copies, truth).tolist() == [False, True]       # the later, higher-scored copy takes the box
+    assert greedy_hits(_dets([], []), truth).tolist() == []
 
 
 def test_recall_class_and_threshold():
