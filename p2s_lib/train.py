@@ -28,11 +28,11 @@ from .distributed import (all_ranks_agree, broadcast_buffers, broadcast_from_mai
 # %% ../notebooks/10d_train_voc.ipynb #a338a9fa
 def resumed_config(cfg: TrainConfig, state: dict | None) -> TrainConfig:
     """The run's settings: `cfg`, or on resume the stored run's (its recipe too), except where and how long
-    to run; a recipe's own budget does not override the stored run's. Validated, splits filled in."""
+    to run (and whether with a progress bar); a recipe's own budget does not override the stored run's. Validated, splits filled in."""
     if state is not None:
         stored = TrainConfig(**state["train_config"])
-        for name in ("out", "stop_after_steps", "device", "num_workers", "max_minutes", "epochs"):
-            if name in ("out", "stop_after_steps", "device", "num_workers") or cfg.recipe is None or cfg.is_given(name):
+        for name in ("out", "stop_after_steps", "device", "num_workers", "progress", "max_minutes", "epochs"):
+            if name in ("out", "stop_after_steps", "device", "num_workers", "progress") or cfg.recipe is None or cfg.is_given(name):
                 setattr(stored, name, getattr(cfg, name))
                 stored.sources = {**stored.sources, name: cfg.source(name)}
         cfg = stored
@@ -137,7 +137,8 @@ class TrainingLoop(TrainingStep):
         self.eval_seconds, metrics, stop = 0.05 * self.budget if cfg.max_minutes else 0.0, None, False
         if self.step >= self.max_steps and self.is_main:
             print(f"nothing left to train: step {self.step} of {self.max_steps} (raise --epochs to train longer)")
-        bar = tqdm(total=self.schedule.total_steps, initial=self.step, desc="train", disable=not self.is_main)
+        bar = tqdm(total=self.schedule.total_steps, initial=self.step, desc="train",
+                   disable=not (self.is_main and cfg.progress))
         try:
             while self.step < self.max_steps and not stop:
                 epoch, before = self.step // spe, self.step

@@ -229,3 +229,22 @@ def test_pretrained_flags(synthetic_root, tmp_path, monkeypatch, capsys):
     assert "resnet18-f37072fd.pth" in err and str(tmp_path / "empty" / "hub" / "checkpoints") in err
     assert main(["evaluate", "--checkpoint", str(tmp_path / "on" / "last.pt"), "--data-root", str(synthetic_root),
                  "--image-set", "val", "--out", str(tmp_path / "eval")]) == 0  # a checkpoint never fetches weights
+
+
+def test_field_help_reads_each_fields_trailing_comment_and_train_help_shows_it(capsys):
+    from dataclasses import dataclass
+    from p2s_lib.cli import FLAGS, field_help
+    from p2s_lib.config import TrainConfig
+
+    @dataclass
+    class Example:
+        plain: int = 1                # a count, 50% of it
+        url: str = "http://a#b"       # kept whole
+        bare: float = 0.5
+        # a comment on its own line belongs to no field
+    assert field_help(Example) == {"plain": "a count, 50%% of it", "url": "kept whole"}
+    assert {f.name for f in FLAGS} <= field_help(TrainConfig).keys()
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--progress, --no-progress a tqdm bar over the training steps" in out
