@@ -12,8 +12,8 @@ from torch import Tensor
 
 
 # %% auto #0
-__all__ = ['CLASS_COLORS', 'class_color', 'text_color', 'draw_target', 'draw_detections', 'show_boxes', 'show_grid',
-           'tile_images', 'save_png']
+__all__ = ['CLASS_COLORS', 'class_color', 'text_color', 'place_labels', 'draw_target', 'draw_detections', 'show_boxes',
+           'show_grid', 'tile_images', 'save_png']
 
 # %% ../notebooks/00a_draw.ipynb #3f98fffe
 CLASS_COLORS: tuple[str, ...] = (
@@ -46,6 +46,49 @@ def _upscale(img: Tensor, scale: int) -> Tensor:
     return img.repeat_interleave(scale, -2).repeat_interleave(scale, -1) if scale > 1 else img
 
 
+# %% ../notebooks/00a_draw.ipynb #291ebf89
+def _intersection(a: Tensor, b: Tensor) -> Tensor:
+    "Intersection areas [N, M] of the xyxy boxes a [N, 4] and b [M, 4]."
+    top_left, bottom_right = torch.max(a[:, None, :2], b[None, :, :2]), torch.min(a[:, None, 2:], b[None, :, 2:])
+    return (bottom_right - top_left).clamp(min=0).prod(-1)
+
+
+def place_labels(boxes: Tensor, sizes: Sequence[tuple[int, int]], canvas: tuple[int, int]) -> Tensor:
+    """The xyxy patch [N, 4] of each box's label of `sizes[i]` = (w, h) pixels on a canvas (H, W), placed in order.
+    Eight spots per label: above the box's top-left corner, inside it, below the box, inside its bottom edge,
+    then the same right-aligned; each costs 100 x its overlap with labels placed before + its overlap with all
+    boxes, and the first cheapest wins. Chapter 00a."""
+    H, W = canvas
+    boxes = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+    placed = torch.zeros(0, 4)
+    for (w, h), (x0, y0, x1, y1) in zip(sizes, boxes.tolist()):
+        spots = torch.tensor([(x, y) for x in (x0, x1 - w) for y in (y0 - h, y0, y1, y1 - h)])
+        spots[:, 0].clamp_(0, max(W - w, 0))
+        spots[:, 1].clamp_(0, max(H - h, 0))
+        patches = torch.cat([spots, spots + torch.tensor([float(w), float(h)])], dim=1)
+        cost = 100 * _intersection(patches, placed).sum(1) + _intersection(patches, boxes).sum(1)
+        placed = torch.cat([placed, patches[cost.argmin()][None]])  # argmin: the first of equal costs
+    return placed
+
+
+# %% ../notebooks/00a_draw.ipynb #ff82fb3e
+def _burn_labels(img: Tensor, boxes: Tensor, texts: Sequence[str], colors: Sequence[str], font_size: int,
+                 order: Sequence[int]) -> Tensor:
+    "Each text on a patch of its colour, placed by `place_labels` in `order` (most important first, drawn on top)."
+    from matplotlib import font_manager
+    from PIL import Image, ImageDraw, ImageFont
+    font = ImageFont.truetype(font_manager.findfont("DejaVu Sans"), font_size)
+    pad, height = max(1, font_size // 8), font.getbbox("Ag")[3] + 2 * max(1, font_size // 8)
+    sizes = [(round(font.getlength(texts[k])) + 2 * pad, height) for k in order]
+    patches = place_labels(boxes[list(order)], sizes, canvas=tuple(img.shape[-2:]))
+    picture = Image.fromarray(img.permute(1, 2, 0).contiguous().numpy())
+    pen = ImageDraw.Draw(picture)
+    for k, (x0, y0, x1, y1) in reversed(list(zip(order, patches.round().int().tolist()))):  # the first on top
+        pen.rectangle((x0, y0, x1 - 1, y1 - 1), fill=colors[k])
+        pen.text((x0 + pad, y0 + pad), texts[k], font=font, fill=text_color(colors[k]))
+    return torch.from_numpy(np.asarray(picture).copy()).permute(2, 0, 1)
+
+
 # %% ../notebooks/00a_draw.ipynb #8e5be814
 def draw_target(image: Tensor, target: dict[str, Any], classes: Sequence[str] | None = None,
                 normalized: bool | None = None, width: int = 2, font_size: int | None = None,
@@ -53,11 +96,11 @@ def draw_target(image: Tensor, target: dict[str, Any], classes: Sequence[str] | 
     """Draw `target["boxes"]` (+ class names) on `image` (float [3,H,W] in [0,1] or uint8); returns uint8 [3,H,W].
 
     Normalized boxes (all <= 1, or `normalized=True`) are scaled by max(H, W), the S of an S×S canvas.
-    Optional `target["scores"]` are printed next to the names, in matplotlib's DejaVu Sans on a patch of the
-    box's colour, `font_size` pixels high (default: 1/24 of the image's long side, at least 8). `scale` > 1
-    first turns each pixel into a scale x scale block (returns uint8 [3, scale*H, scale*W]), boxes scaled
-    with it, and the default font becomes 1/28 of the long side, at least 11: smaller next to the shapes,
-    yet readable. Chapter 00a."""
+    Optional `target["scores"]` are printed next to the names (labels placed highest score first), in
+    matplotlib's DejaVu Sans on a patch of the box's colour, `font_size` pixels high (default: 1/24 of the
+    image's long side, at least 8). `scale` > 1 first turns each pixel into a scale x scale block (returns uint8
+    [3, scale*H, scale*W]), boxes scaled with it, and the default font becomes 1/28 of the long side, at least
+    11: smaller next to the shapes, yet readable. Chapter 00a."""
     from torchvision.utils import draw_bounding_boxes
     scale = int(scale)
     if scale < 1:
@@ -79,18 +122,17 @@ def draw_target(image: Tensor, target: dict[str, Any], classes: Sequence[str] | 
         name = classes[lab] if classes is not None and 0 <= lab < len(classes) else str(lab)
         name += "*" if difficult[k] else ""
         names.append(f"{name} {float(scores[k]):.2f}" if scores is not None else name)
-    from matplotlib import font_manager
-    long_side = max(img.shape[-2:])
-    font_size = font_size or (max(8, long_side // 24) if scale == 1 else max(11, long_side // 28))
-    font = dict(font=font_manager.findfont("DejaVu Sans"), font_size=font_size, fill_labels=True)
+    colors = [class_color(lab) for lab in labels]
     out = img
     for thick in (True, False):  # difficult boxes drawn thin
         sel = [k for k in range(len(boxes)) if bool(difficult[k]) != thick]
         if sel:
-            out = draw_bounding_boxes(out, boxes[sel], labels=[names[k] for k in sel],
-                                      colors=[class_color(labels[k]) for k in sel], width=width if thick else 1,
-                                      label_colors=[text_color(class_color(labels[k])) for k in sel], **font)
-    return out
+            out = draw_bounding_boxes(out, boxes[sel], colors=[colors[k] for k in sel], width=width if thick else 1)
+    long_side = max(img.shape[-2:])
+    font_size = font_size or (max(8, long_side // 24) if scale == 1 else max(11, long_side // 28))
+    order = (sorted(range(len(boxes)), key=lambda k: -float(scores[k])) if scores is not None
+             else range(len(boxes)))
+    return _burn_labels(out, boxes, names, colors, font_size, list(order))
 
 
 # %% ../notebooks/00a_draw.ipynb #4a3f368f

@@ -1,6 +1,8 @@
 """Chapter 00a: pictures of boxes."""
 import matplotlib
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from p2s_lib.data import VOCDataset
 from p2s_lib.draw import (CLASS_COLORS, class_color, draw_detections, draw_target, save_png, show_boxes, show_grid,
@@ -68,11 +70,32 @@ def test_tiles_pad_to_the_largest_and_save_png_round_trips(tmp_path):
 
 def test_scaling_up_turns_each_pixel_into_a_square_block_and_scales_the_boxes():
     image = torch.randint(0, 256, (3, 20, 30), dtype=torch.uint8)
-    target = {"boxes": torch.tensor([[2.0, 3.0, 10.0, 12.0]]), "labels": torch.tensor([1])}
+    target = {"boxes": torch.tensor([[2.0, 8.0, 10.0, 12.0]]), "labels": torch.tensor([1])}   # room above for a label
     big = draw_target(image, {"boxes": torch.zeros(0, 4)}, scale=3)
     assert big.shape == (3, 60, 90) and torch.equal(big, image.repeat_interleave(3, 1).repeat_interleave(3, 2))
     drawn = draw_target(image, target, ["a", "b"], scale=3, width=1)
     assert torch.equal(drawn[:, 45:, :], big[:, 45:, :])                      # nothing below the box's bottom edge (y1 = 36)
-    assert (drawn[:, 9:36, 6] != big[:, 9:36, 6]).any(0).all()                # its left edge at x0 = 2 * 3
+    assert (drawn[:, 24:36, 6] != big[:, 24:36, 6]).any(0).all()              # its left edge at x0 = 2 * 3
     picture = draw_detections(image, {**target, "scores": torch.tensor([0.9])}, ["a", "b"], long_side=90)
     assert torch.equal(picture[:, 45:], big[:, 45:])                          # draw_detections: the same square blocks
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 90), st.integers(0, 90), st.integers(1, 40), st.integers(1, 40),
+                          st.integers(1, 50), st.integers(1, 20)), min_size=1, max_size=8))
+def test_place_labels_keeps_each_patch_whole_and_on_the_canvas(rows):
+    from p2s_lib.draw import place_labels
+    boxes = torch.tensor([[x, y, x + w, y + h] for x, y, w, h, _, _ in rows], dtype=torch.float32)
+    sizes = [(lw, lh) for *_, lw, lh in rows]
+    patches = place_labels(boxes, sizes, canvas=(100, 120))
+    assert torch.equal(patches[:, 2:] - patches[:, :2], torch.tensor(sizes, dtype=torch.float32))
+    assert (patches[:, :2] >= 0).all() and (patches[:, 2] <= 120).all() and (patches[:, 3] <= 100).all()
+
+
+def test_place_labels_moves_a_label_off_one_already_placed_and_off_a_tiny_object():
+    from p2s_lib.draw import _intersection, place_labels
+    same = torch.tensor([[20.0, 30, 80, 90], [20, 30, 80, 90], [95, 40, 101, 46]])   # two coincident boxes, a tiny one
+    patches = place_labels(same, [(40, 10)] * 3, canvas=(128, 128))
+    assert patches[:2, :2].tolist() == [[20, 20], [20, 90]]        # the first above its box, the second below
+    assert (_intersection(patches, patches).triu(1) == 0).all()    # no two labels overlap
+    assert _intersection(patches[2:], same[2:]).item() == 0        # the tiny object stays visible
