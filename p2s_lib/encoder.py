@@ -2,7 +2,7 @@
 
 # %% auto #0
 __all__ = ['BACKBONES', 'IMAGENET_MEAN', 'IMAGENET_STD', 'sincos_1d', 'sincos_2d_position_embedding', 'ConvBNReLU', 'TinyCNN',
-           'WeightsUnavailable', 'imagenet_weights_file', 'load_imagenet_weights', 'build_backbone', 'ImageEncoder']
+           'build_backbone', 'ImageEncoder', 'WeightsUnavailable', 'imagenet_weights_file', 'load_imagenet_weights']
 
 # %% ../notebooks/04_encoder.ipynb #bd601f76
 import math
@@ -65,38 +65,6 @@ _RESNETS = {  # name -> (torchvision weights enum, weights tag, output channels)
 }
 
 
-class WeightsUnavailable(RuntimeError):
-    """ImageNet weights that are neither in the torch hub cache nor downloadable (offline)."""
-
-
-def imagenet_weights_file(name: str) -> Path:
-    """Where the torch hub cache keeps the ImageNet weights of backbone `name` (ch. 04)."""
-    enum_name, tag, _ = _RESNETS[name]
-    url = getattr(torchvision.models, enum_name)[tag].url
-    return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
-
-
-def load_imagenet_weights(name: str, timeout_s: float = 60.0) -> dict:
-    """The ImageNet state dict of backbone `name`: from the hub cache, else downloaded into it;
-    `WeightsUnavailable`, naming the file and the folder, when neither works (ch. 04)."""
-    enum_name, tag, _ = _RESNETS[name]
-    weights, path = getattr(torchvision.models, enum_name)[tag], imagenet_weights_file(name)
-    if path.is_file():
-        return torch.load(path, map_location="cpu", weights_only=True)
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(timeout_s)  # a silent network fails in a minute, not never
-    try:
-        return weights.get_state_dict(progress=True, check_hash=True)
-    except Exception as e:  # offline, proxy, truncated download ...
-        raise WeightsUnavailable(
-            f"the ImageNet weights {enum_name}.{tag} for backbone {name!r} are not in the torch hub cache "
-            f"and could not be downloaded ({type(e).__name__}: {str(e)[:120]}). Put the file {path.name} "
-            f"(from {weights.url}) in {path.parent} (set TORCH_HOME to use another cache), "
-            f"or train without them (--no-pretrained, pretrained=False)") from None
-    finally:
-        socket.setdefaulttimeout(previous)
-
-
 def build_backbone(name: str = "resnet50", pretrained: bool = False) -> tuple[nn.Module, int]:
     """CNN trunk without pooling/classifier -> (module, out_channels); `module.stride` is its total stride.
     `pretrained=True` starts from torchvision's ImageNet weights (`load_imagenet_weights`) (ch. 04)."""
@@ -109,7 +77,7 @@ def build_backbone(name: str = "resnet50", pretrained: bool = False) -> tuple[nn
         raise ValueError(f"unknown backbone {name!r}; choose one of {BACKBONES}")
     net = getattr(torchvision.models, name)(weights=None)
     if pretrained:
-        net.load_state_dict(load_imagenet_weights(name))
+        net.load_state_dict(load_imagenet_weights(name))  # defined in the appendix
     trunk = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool,
                           net.layer1, net.layer2, net.layer3, net.layer4)
     trunk.stride = 32
@@ -172,3 +140,36 @@ class ImageEncoder(nn.Module):
         for layer in self.layers:
             x = layer(x)
         return self.norm(x)
+
+# %% ../notebooks/04_encoder.ipynb #e4621baa
+class WeightsUnavailable(RuntimeError):
+    """ImageNet weights that are neither in the torch hub cache nor downloadable (offline)."""
+
+
+def imagenet_weights_file(name: str) -> Path:
+    """Where the torch hub cache keeps the ImageNet weights of backbone `name` (ch. 04)."""
+    enum_name, tag, _ = _RESNETS[name]
+    url = getattr(torchvision.models, enum_name)[tag].url
+    return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+
+
+def load_imagenet_weights(name: str, timeout_s: float = 60.0) -> dict:
+    """The ImageNet state dict of backbone `name`: from the hub cache, else downloaded into it;
+    `WeightsUnavailable`, naming the file and the folder, when neither works (ch. 04)."""
+    enum_name, tag, _ = _RESNETS[name]
+    weights, path = getattr(torchvision.models, enum_name)[tag], imagenet_weights_file(name)
+    if path.is_file():
+        return torch.load(path, map_location="cpu", weights_only=True)
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout_s)  # a silent network fails in a minute, not never
+    try:
+        return weights.get_state_dict(progress=True, check_hash=True)
+    except Exception as e:  # offline, proxy, truncated download ...
+        raise WeightsUnavailable(
+            f"the ImageNet weights {enum_name}.{tag} for backbone {name!r} are not in the torch hub cache "
+            f"and could not be downloaded ({type(e).__name__}: {str(e)[:120]}). Put the file {path.name} "
+            f"(from {weights.url}) in {path.parent} (set TORCH_HOME to use another cache), "
+            f"or train without them (--no-pretrained, pretrained=False)") from None
+    finally:
+        socket.setdefaulttimeout(previous)
+
