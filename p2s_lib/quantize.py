@@ -81,11 +81,21 @@ DEMO_CLASSES = ("sun", "house", "tree", "ball")
 
 def demo_scene(height: int = 120, width: int = 160, seed: int = 0) -> tuple[np.ndarray, Tensor, Tensor]:
     "Paint a small outdoor scene: (image uint8 [H,W,3], pixel xyxy boxes float32 [5,4], labels int64 [5]). Chapter 01."
-    from PIL import Image, ImageDraw
+    from PIL import ImageDraw
     if height < 48 or width < 64:
         raise ValueError(f"demo_scene needs height >= 48 and width >= 64, got {height}x{width}")
     rng = np.random.default_rng(seed)
-    H, W = height, width
+    canvas = _paint_backdrop(height, width, rng)
+    boxes, labels = _paint_objects(ImageDraw.Draw(canvas), height, width, rng)
+    b = torch.tensor(boxes, dtype=torch.float32)
+    b[:, 0::2] = b[:, 0::2].clamp(0, width); b[:, 1::2] = b[:, 1::2].clamp(0, height)
+    return np.asarray(canvas), b, torch.tensor(labels, dtype=torch.int64)
+
+
+# %% ../notebooks/01_quantize.ipynb #78ac9c36
+def _paint_backdrop(H: int, W: int, rng: np.random.Generator):
+    "Sky gradient with soft clouds over a textured meadow, as a PIL image."
+    from PIL import Image
     horizon = int(0.55 * H)
     t = np.linspace(0, 1, horizon)[:, None, None]
     sky = (1 - t) * np.array([70, 130, 210]) + t * np.array([190, 220, 245])
@@ -97,8 +107,11 @@ def demo_scene(height: int = 120, width: int = 160, seed: int = 0) -> tuple[np.n
     img = img + 40 * clouds * (np.arange(H) < horizon)[:, None, None]                   # soft clouds
     tufts = np.kron(rng.normal(0, 8, (H // 2 + 1, W // 3 + 1)), np.ones((2, 3)))[:H, :W, None]
     img = img + tufts * (np.arange(H) >= horizon)[:, None, None]                          # grass texture
-    canvas = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
-    draw = ImageDraw.Draw(canvas)
+    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+
+
+def _paint_objects(draw, H: int, W: int, rng: np.random.Generator) -> tuple[list, list]:
+    "Draw sun, house, two trees and a ball at jittered places; return their pixel boxes and labels."
     j = lambda v, s: int(round(v + rng.uniform(-s, s)))  # jitter a position a little
     boxes, labels = [], []
 
@@ -122,9 +135,7 @@ def demo_scene(height: int = 120, width: int = 160, seed: int = 0) -> tuple[np.n
     br = int(0.05 * H); bx, by = j(0.47 * W, 0.03 * W), j(0.85 * H, 0.02 * H)                # ball
     draw.ellipse([bx - br, by - br, bx + br, by + br], fill=(230, 230, 240), outline=(200, 30, 30), width=2)
     add(bx - br, by - br, bx + br, by + br, 3)
-    b = torch.tensor(boxes, dtype=torch.float32)
-    b[:, 0::2] = b[:, 0::2].clamp(0, W); b[:, 1::2] = b[:, 1::2].clamp(0, H)
-    return np.asarray(canvas), b, torch.tensor(labels, dtype=torch.int64)
+    return boxes, labels
 
 
 # %% ../notebooks/01_quantize.ipynb #ch01-17

@@ -12,8 +12,8 @@ from torch import Tensor
 from .quantize import dequantize, quantize
 
 # %% auto #0
-__all__ = ['TOKEN_COLORS', 'SLOT_NAMES', 'VocabularyLayout', 'Vocabulary', 'check_boxes', 'Tokenizer', 'pad_sequences',
-           'show_tokens']
+__all__ = ['TOKEN_COLORS', 'SLOT_NAMES', 'VocabularyLayout', 'Vocabulary', 'check_boxes', 'TokenizerEncoding', 'Tokenizer',
+           'pad_sequences', 'show_tokens']
 
 # %% ../notebooks/02_tokenizer.ipynb #ch02-05
 def _check_int(name: str, value, minimum: int) -> int:
@@ -164,14 +164,30 @@ def _check_objects(boxes, labels, num_classes: int) -> tuple[Tensor, Tensor]:
         raise ValueError(f"labels must lie in [0, {num_classes}] ({num_classes} = noise), got {labels.tolist()}")
     return boxes, labels
 
-# %% ../notebooks/02_tokenizer.ipynb #ch02-11
-class Tokenizer(Vocabulary):
-    "Encode (boxes, labels) as BOS, (ymin, xmin, ymax, xmax, class) x n, EOS and decode back. Chapter 02."
+# %% ../notebooks/02_tokenizer.ipynb #04d7f397
+class TokenizerEncoding(Vocabulary):
+    "The encoding half of `Tokenizer`: (boxes, labels) -> BOS, (ymin, xmin, ymax, xmax, class) x n, EOS. Chapter 02."
 
     def object_tokens(self, boxes, labels) -> Tensor:
         "Normalized xyxy boxes [..., 4] + labels [...] -> each object's 5 tokens [..., 5]: ymin, xmin, ymax, xmax, class."
         coords = self.coord_token(quantize(boxes[..., [1, 0, 3, 2]], self.num_bins))  # y before x
         return torch.cat([coords, self.class_token(labels)[..., None]], dim=-1)
+
+    def encode(self, boxes, labels) -> Tensor:
+        "Normalized xyxy boxes [n,4] + labels [n] (0..num_classes) -> int64 token sequence [2 + 5*min(n, max_objects)]."
+        boxes, labels = _check_objects(boxes, labels, self.num_classes)
+        if len(boxes) > self.max_objects:
+            warnings.warn(f"encode: {len(boxes)} objects but max_objects={self.max_objects}; "
+                          f"keeping the first {self.max_objects}", stacklevel=2)
+            boxes, labels = boxes[: self.max_objects], labels[: self.max_objects]
+        objects = self.object_tokens(boxes, labels).reshape(-1)
+        bos, eos = objects.new_tensor([self.bos_id]), objects.new_tensor([self.eos_id])
+        return torch.cat([bos, objects, eos])
+
+
+# %% ../notebooks/02_tokenizer.ipynb #a079519d
+class Tokenizer(TokenizerEncoding):
+    "Encode (boxes, labels) as BOS, (ymin, xmin, ymax, xmax, class) x n, EOS and decode back. Chapter 02."
 
     def split_objects(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
         """A sequence [L] without its BOS -> the groups of 5 tokens before the first EOS [m, 5], and
@@ -186,17 +202,6 @@ class Tokenizer(Vocabulary):
         ymin, xmin, ymax, xmax = dequantize(bins, self.num_bins).unbind(-1)
         return torch.stack([torch.minimum(xmin, xmax), torch.minimum(ymin, ymax),
                             torch.maximum(xmin, xmax), torch.maximum(ymin, ymax)], dim=-1)
-
-    def encode(self, boxes, labels) -> Tensor:
-        "Normalized xyxy boxes [n,4] + labels [n] (0..num_classes) -> int64 token sequence [2 + 5*min(n, max_objects)]."
-        boxes, labels = _check_objects(boxes, labels, self.num_classes)
-        if len(boxes) > self.max_objects:
-            warnings.warn(f"encode: {len(boxes)} objects but max_objects={self.max_objects}; "
-                          f"keeping the first {self.max_objects}", stacklevel=2)
-            boxes, labels = boxes[: self.max_objects], labels[: self.max_objects]
-        objects = self.object_tokens(boxes, labels).reshape(-1)
-        bos, eos = objects.new_tensor([self.bos_id]), objects.new_tensor([self.eos_id])
-        return torch.cat([bos, objects, eos])
 
     def decode(self, tokens, drop_noise: bool = False) -> tuple[Tensor, Tensor]:
         "Token sequence [L] -> (normalized xyxy boxes float32 [m,4], labels int64 [m]); total on in-vocabulary ids."
@@ -222,6 +227,7 @@ class Tokenizer(Vocabulary):
     def decode_batch(self, tokens, drop_noise: bool = False) -> list[tuple[Tensor, Tensor]]:
         "[B, L] token sequences -> list of (boxes, labels), one per row."
         return [self.decode(row, drop_noise) for row in _as_ids(tokens)]
+
 
 # %% ../notebooks/02_tokenizer.ipynb #ch02-18
 def pad_sequences(seqs, pad_id: int, length: int | None = None) -> Tensor:

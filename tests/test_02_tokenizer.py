@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from p2s_lib.quantize import max_quantization_error
-from p2s_lib.tokenizer import (SLOT_NAMES, TOKEN_COLORS, Tokenizer, Vocabulary, pad_sequences,
+from p2s_lib.tokenizer import (SLOT_NAMES, TOKEN_COLORS, Tokenizer, TokenizerEncoding, Vocabulary, pad_sequences,
                                show_tokens)
 
 
@@ -326,3 +326,12 @@ def test_split_objects_and_boxes_from_bins_read_what_the_model_wrote():
     assert tok.split_objects(torch.tensor(good[:3]))[0].shape == (0, 5)  # a partial group is not an object
     box = tok.boxes_from_bins(groups[0, :4] - c)
     assert torch.allclose(box, torch.tensor([1, 2, 5, 7]) / 9)         # xyxy, corners sorted
+
+
+def test_encoding_half_is_the_tokenizers_encode():
+    "Tokenizer is TokenizerEncoding plus the decoding half; both encode alike."
+    t, e = tok4(), TokenizerEncoding(num_classes=4, num_bins=100, max_objects=8)
+    assert isinstance(t, TokenizerEncoding) and not hasattr(e, "decode")
+    boxes, labels = torch.tensor([[0.1, 0.2, 0.3, 0.4], [0.5, 0.5, 0.9, 0.7]]), torch.tensor([0, 3])
+    assert torch.equal(t.encode(boxes, labels), e.encode(boxes, labels))
+    assert e == t  # same layout, same ints
