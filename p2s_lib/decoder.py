@@ -2,11 +2,10 @@
 
 # %% auto #0
 __all__ = ['LINEAR_INITS', 'causal_mask', 'MultiHeadAttention', 'KVCache', 'DecoderLayer', 'DecoderStack', 'Decoder',
-           'has_box_prior', 'box_prior_bias', 'BoxPriorDecoder']
+           'init_sincos_']
 
 # %% ../notebooks/05_decoder.ipynb #bb55fa19
 import math
-from collections.abc import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -90,8 +89,8 @@ class KVCache:
         shape = (k.shape[0], k.shape[1], max_len, k.shape[3])                 # [B, heads, max_len, head_dim]
         self.self_kv = [(k.new_zeros(shape), k.new_zeros(shape)) for _ in cross_kv]
         self.position = torch.zeros((), dtype=torch.long, device=k.device)
-        self.tokens = torch.zeros(k.shape[0], max_len, dtype=torch.long, device=k.device)  # inputs, for the box prior
-        self.grid: tuple[int, int] | None = None  # (h, w) of the image grid, for the box prior
+        self.tokens = torch.zeros(k.shape[0], max_len, dtype=torch.long, device=k.device)  # inputs so far (ch. 05a)
+        self.grid: tuple[int, int] | None = None  # (h, w) of the image grid (ch. 05a)
 
     @property
     def batch_size(self) -> int:
@@ -159,7 +158,7 @@ class DecoderStack(nn.Module):
     cross-attending to the image memory, a final LayerNorm, and the tied output layer with its own bias.
     `linear_init`: "gpt" (N(0, 0.02) weights) or "torch" (PyTorch's default, Kaiming-uniform) for the
     linear layers; embeddings are N(0, 0.02) either way. `Decoder` adds the ways to call it (ch. 05)."""
-    box_prior, partial_box_prior = None, False  # the plain decoder adds no cross-attention bias
+    box_prior, partial_box_prior = None, False  # no box prior (ch. 05a's BoxPriorDecoder sets them)
 
     def __init__(self, vocab_size: int, max_len: int, d_model: int = 256, num_layers: int = 6,
                  num_heads: int = 8, dim_feedforward: int = 1024, dropout: float = 0.1, linear_init: str = "gpt"):
@@ -193,32 +192,19 @@ class DecoderStack(nn.Module):
 
     def cross_attention_biases(self, history: Tensor, positions: Tensor, num_cells: int,
                                grid: tuple[int, int] | None) -> Tensor | None:
-        """Per-layer biases [L, B, heads, T, N] added to the cross-attention scores; None: plain attention."""
+        """Per-layer biases [L, B, heads, T, N] added to the cross-attention scores; None: plain attention
+        (chapter 05a overrides it)."""
         return None
 
-    @torch.no_grad()
-    def init_sincos_(self, coord_offset: int, num_bins: int, std: float = 0.02) -> "Decoder":
-        """Overwrite the position embeddings and the `num_bins` coordinate-token embeddings
-        (ids coord_offset ..) with sin-cos codes of the position / bin value, rescaled to
-        per-element std `std`: neighbouring positions and bins start out similar (ch. 05)."""
-        if coord_offset < 0 or coord_offset + num_bins > self.vocab_size:
-            raise ValueError(f"bins {coord_offset}..{coord_offset + num_bins - 1} "
-                             f"outside vocabulary of {self.vocab_size}")
-        scale = std * math.sqrt(2)  # sin-cos entries have std 1/sqrt(2)
-        self.pos_emb.weight.copy_(scale * sincos_1d(torch.arange(self.max_len), self.d_model,
-                                                    temperature=self.max_len))
-        self.token_emb.weight[coord_offset:coord_offset + num_bins] = scale * sincos_1d(
-            torch.arange(num_bins), self.d_model, temperature=num_bins)
-        return self
 
 # %% ../notebooks/05_decoder.ipynb #9164c64f
 class Decoder(DecoderStack):
     """The paper's decoder, called on a whole sequence (training) or one step at a time through a KV cache
-    (generation). Section 8's `BoxPriorDecoder` extends it (ch. 05)."""
+    (generation). Chapter 05a's `BoxPriorDecoder` extends it (ch. 05)."""
 
     def new_cache(self, memory: Tensor, grid: tuple[int, int] | None = None) -> KVCache:
         """Empty cache for images `memory` [B, N, d]: cross-attention K/V are computed here, once.
-        `grid`: the (h, w) of the memory (for the box prior; None: square)."""
+        `grid`: the (h, w) of the memory (for ch. 05a's box prior; None: square)."""
         cache = KVCache([layer.cross_attn.project_kv(memory) for layer in self.layers], self.max_len)
         cache.grid = grid
         return cache
@@ -253,91 +239,28 @@ class Decoder(DecoderStack):
         """The cached forward without the host-side checks: it reads and advances `cache.position` on the
         device, and no shape depends on it, so `torch.compile` compiles it once (chapter 08)."""
         positions = cache.position + torch.arange(tokens.shape[1], device=tokens.device)
-        cache.tokens.index_copy_(1, positions, tokens)  # a class step's box prior reads 3 tokens back
+        cache.tokens.index_copy_(1, positions, tokens)  # ch. 05a's box prior reads the tokens back
         out = self._run(tokens, cache.tokens, positions, cache.cross_kv, cache, return_attention,
                         cache.grid if grid is None else grid)
         cache.position.add_(tokens.shape[1])
         return out
 
-# %% ../notebooks/05_decoder.ipynb #77e1acea
-def has_box_prior(position: int, partial: bool = False) -> bool:
-    """Whether the query at input `position` gets a box-prior bias: a class step (p % 5 == 4), or with
-    `partial` also a coordinate step (p % 5 in 1, 2, 3); never BOS or a class input (p % 5 == 0) (ch. 05)."""
-    step = position % 5
-    return step == 4 or (partial and step > 0)
+# %% ../notebooks/05_decoder.ipynb #aed1465c
+@torch.no_grad()
+def init_sincos_(decoder: DecoderStack, coord_offset: int, num_bins: int, std: float = 0.02) -> DecoderStack:
+    """Overwrite the decoder's position embeddings and its `num_bins` coordinate-token embeddings
+    (ids coord_offset ..) with sin-cos codes of the position / bin value, rescaled to
+    per-element std `std`: neighbouring positions and bins start out similar (ch. 05)."""
+    if coord_offset < 0 or coord_offset + num_bins > decoder.vocab_size:
+        raise ValueError(f"bins {coord_offset}..{coord_offset + num_bins - 1} "
+                         f"outside vocabulary of {decoder.vocab_size}")
+    scale = std * math.sqrt(2)  # sin-cos entries have std 1/sqrt(2)
+    decoder.pos_emb.weight.copy_(scale * sincos_1d(torch.arange(decoder.max_len), decoder.d_model,
+                                                   temperature=decoder.max_len))
+    decoder.token_emb.weight[coord_offset:coord_offset + num_bins] = scale * sincos_1d(
+        torch.arange(num_bins), decoder.d_model, temperature=num_bins)
+    return decoder
 
 
-def box_prior_bias(tokens: Tensor, coord_offset: int, num_bins: int, grid: int | tuple[int, int],
-                   floor: float = 0.05, start: int = 0, partial: bool = False,
-                   positions: Tensor | None = None) -> Tensor:
-    """Cross-attention bias [B, n, h*w] for the n queries at positions start .. T-1 (or at the tensor
-    `positions`) of input tokens [B, T] (BOS at position 0), `grid` = (h, w) or h = w.
-    A query at a class step (position p, p % 5 == 4) whose inputs p-3..p are coordinate tokens
-    (ymin, xmin, ymax, xmax) gets log(coverage + floor) per cell, row-major; coverage is the
-    fraction of the cell inside that box. `partial=True`: the coordinate steps (p % 5 = k in 1, 2, 3,
-    inputs p-k+1..p the object's first k coordinates) get the same for the region those coordinates
-    still allow: y from ymin, x from xmin, y up to ymax, the rest of the image beyond.
-    Every other query gets 0. No Python branch depends on the positions, so a compiled decoding
-    step stays one graph (ch. 05)."""
-    B, T = tokens.shape
-    h, w = (grid, grid) if isinstance(grid, int) else grid
-    pos = torch.arange(start, T, device=tokens.device) if positions is None else positions
-    step = pos % 5                                                        # coordinates read so far
-    applies = (step == 4) | ((step > 0) & partial)                        # has_box_prior, as a tensor
-    corner = torch.arange(4, device=tokens.device)                        # ymin, xmin, ymax, xmax
-    known = (corner < step[:, None]) & applies[:, None]                   # [n, 4]
-    where = (pos - step + 1)[:, None] + corner                            # positions of the object's corners
-    corners = tokens[:, where.clamp(0, T - 1)] - coord_offset             # [B, n, 4]
-    is_box = (((corners >= 0) & (corners < num_bins)) | ~known).all(dim=-1) & applies
-    unknown = torch.tensor([0.0, 0.0, 1.0, 1.0], device=tokens.device)   # not yet written: the image edge
-    values = torch.where(known, corners.clamp(0, num_bins - 1).float() / (num_bins - 1), unknown)
-    y0, x0, y1, x1 = values.unbind(-1)
-    def overlap(a: Tensor, b: Tensor, n: int) -> Tensor:                  # [B, k] x2 -> [B, k, n] cell fractions
-        lo = torch.arange(n, device=tokens.device) / n                    # cell edges in [0, 1]
-        a, b = torch.minimum(a, b)[..., None], torch.maximum(a, b)[..., None]
-        return (torch.minimum(b, lo + 1 / n) - torch.maximum(a, lo)).clamp(min=0) * n
-    coverage = (overlap(y0, y1, h)[..., :, None] * overlap(x0, x1, w)[..., None, :]).flatten(-2)
-    return torch.where(is_box[..., None], torch.log(coverage + floor), 0.0)
+DecoderStack.init_sincos_ = init_sincos_  # callable as decoder.init_sincos_(coord_offset, num_bins)
 
-# %% ../notebooks/05_decoder.ipynb #60b2f3d3
-class BoxPriorDecoder(Decoder):
-    """The decoder plus the box prior: `box_prior_bias`, times a learned gain per layer and head, added to the
-    cross-attention of the class steps; `partial_box_prior=True` adds it at the coordinate steps too, with
-    gains of their own. `box_prior` = (coord_offset, num_bins) of the vocabulary (ch. 05)."""
-    def __init__(self, vocab_size: int, max_len: int, d_model: int = 256, num_layers: int = 6, num_heads: int = 8,
-                 dim_feedforward: int = 1024, dropout: float = 0.1, linear_init: str = "gpt",
-                 box_prior: Sequence[int] | None = None, partial_box_prior: bool = False):
-        if box_prior is None:
-            raise ValueError("partial_box_prior=True needs box_prior=(coord_offset, num_bins)" if partial_box_prior
-                             else "BoxPriorDecoder needs box_prior=(coord_offset, num_bins)")
-        box_prior = tuple(int(v) for v in box_prior)
-        if len(box_prior) != 2 or box_prior[0] < 0 or box_prior[1] < 2 or sum(box_prior) > vocab_size:
-            raise ValueError(f"box_prior must be (coord_offset, num_bins) inside the vocabulary of "
-                             f"{vocab_size}, got {box_prior!r}")
-        super().__init__(vocab_size, max_len, d_model, num_layers, num_heads, dim_feedforward, dropout, linear_init)
-        self.box_prior, self.partial_box_prior = box_prior, bool(partial_box_prior)
-        # one gain per (layer, head), flat so that it counts as a 1-D (no weight decay) parameter
-        self.box_prior_gain = nn.Parameter(torch.ones(num_layers * num_heads))
-        # the coordinate steps' gains: 3 step kinds (input ymin, xmin, ymax) x layers x heads
-        self.partial_box_prior_gain = (nn.Parameter(torch.ones(3 * num_layers * num_heads))
-                                       if partial_box_prior else None)
-
-    def cross_attention_biases(self, history: Tensor, positions: Tensor, num_cells: int,
-                               grid: tuple[int, int] | None) -> Tensor:
-        """Per-layer cross-attention biases [L, B, heads, T, N] of the box prior for the queries at
-        `positions`; `history` [B, S] holds every input token so far. Queries that get no prior (BOS and
-        class inputs; without the partial prior also the coordinate steps) get gain 0: a zero bias."""
-        if grid is None:
-            side = math.isqrt(num_cells)
-            if side * side != num_cells:
-                raise ValueError(f"{num_cells} memory tokens are not a square grid: pass grid=(h, w) for the box prior")
-            grid = (side, side)
-        if grid[0] * grid[1] != num_cells:
-            raise ValueError(f"grid {tuple(grid)} does not match {num_cells} memory tokens")
-        bias = box_prior_bias(history, *self.box_prior, grid, positions=positions, partial=self.partial_box_prior)
-        L, H = len(self.layers), self.num_heads
-        partial = (self.partial_box_prior_gain.view(3, L, H) if self.partial_box_prior
-                   else self.box_prior_gain.new_zeros(3, L, H))
-        gains = torch.cat([partial.new_zeros(1, L, H), partial, self.box_prior_gain.view(1, L, H)])  # by p % 5
-        gain = gains[positions % 5]                                                                 # [T, L, H]
-        return gain.permute(1, 2, 0)[:, None, :, :, None] * bias[None, :, None]

@@ -15,7 +15,8 @@ from einops import rearrange
 from torch import Tensor
 from .tokenizer import SLOT_NAMES, Tokenizer
 from .encoder import ImageEncoder
-from .decoder import BoxPriorDecoder, Decoder
+from .decoder import Decoder
+from .box_prior import BoxPriorDecoder
 
 # %% ../notebooks/05b_model.ipynb #a628e5ea
 PRESETS: dict[str, dict] = {
