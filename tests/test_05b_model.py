@@ -35,8 +35,8 @@ def test_nano_matches_the_cpu_prototype(nano):
     assert 1.5e6 < count_parameters(nano) < 1.9e6  # narrow tiny trunk and MLP (the prototype had 3.0M)
     assert isinstance(nano.encoder.proj_norm, torch.nn.Identity)  # the preset's departures (ch. 05b)
     assert nano.config["encoder"]["memory_norm"] is False and nano.config["decoder"]["linear_init"] == "torch"
-    assert nano.decoder.box_prior == (tok.coord_offset, tok.num_bins)  # the class step's box prior (ch. 05)
-    assert nano.decoder.partial_box_prior and nano.config["decoder"]["partial_box_prior"] is True  # section 8b
+    assert nano.decoder.box_prior == (tok.coord_offset, tok.num_bins)  # the class step's box prior (ch. 05a)
+    assert nano.decoder.partial_box_prior and nano.config["decoder"]["partial_box_prior"] is True  # ch. 05a, section 3
     assert Pix2Seq.from_preset("small", 20, pretrained=False).decoder.box_prior is None
 
 
