@@ -60,34 +60,6 @@ def random_boxes(n: int, generator: torch.Generator | None = None, style: str = 
         wh = torch.cat([side * aspect.sqrt(), side / aspect.sqrt()], 1)
     return _boxes_at(centre, wh)
 
-# %% ../notebooks/07_augment.ipynb #ch07-11
-def _as_target(t: dict, i: int) -> tuple[Tensor, Tensor]:
-    "Shapes only (cheap, per image); values are checked once for the whole batch."
-    if not isinstance(t, dict) or "boxes" not in t or "labels" not in t:
-        raise ValueError(f"targets[{i}] must be a dict with 'boxes' and 'labels', got {t!r}")
-    boxes = torch.as_tensor(t["boxes"], dtype=torch.float32)
-    if boxes.numel() == 0:
-        boxes = boxes.reshape(0, 4)
-    labels = torch.as_tensor(t["labels"])
-    if boxes.ndim != 2 or boxes.shape[1] != 4 or labels.ndim != 1 or len(labels) != len(boxes):
-        raise ValueError(f"targets[{i}]: need boxes [n, 4] and labels [n], got {tuple(boxes.shape)} and {tuple(labels.shape)}")
-    return boxes, labels
-
-
-def _check_values(boxes: Tensor, labels: Tensor, image: Tensor, num_classes: int) -> Tensor:
-    "Value checks on concatenated targets (image[j] = image index of row j); returns int64 labels."
-    bad = [(~torch.isfinite(boxes).all(1) | (boxes < -0.01).any(1) | (boxes > 1.01).any(1),
-            "boxes must be NORMALIZED xyxy in [0, 1] (pixel boxes?)"),
-           ((boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1]), "boxes must have xmin <= xmax and ymin <= ymax"),
-           ((labels != labels.round()) if labels.is_floating_point() else torch.zeros(len(labels), dtype=torch.bool),
-            "labels must be integers"),
-           ((labels < 0) | (labels >= num_classes), f"labels must lie in [0, {num_classes})")]
-    for mask, msg in bad:
-        if mask.any():
-            j = int(mask.nonzero()[0])
-            raise ValueError(f"targets[{int(image[j])}]: {msg}, got box {boxes[j].tolist()} label {labels[j].item()}")
-    return labels.long()
-
 # %% ../notebooks/07_augment.ipynb #ch07-14
 NOISE_KINDS = ("real", "duplicate", "shifted", "random")
 
@@ -121,6 +93,34 @@ def _augment_padded(boxes: Tensor, labels: Tensor, n_real: Tensor, noise_label: 
     kind = is_dup * 1 + is_shift * 2 + is_rand * 3                        # index into NOISE_KINDS
     return out, torch.where(is_noise, noise_label, labels), kind
 
+
+# %% ../notebooks/07_augment.ipynb #ch07-11
+def _as_target(t: dict, i: int) -> tuple[Tensor, Tensor]:
+    "Shapes only (cheap, per image); values are checked once for the whole batch."
+    if not isinstance(t, dict) or "boxes" not in t or "labels" not in t:
+        raise ValueError(f"targets[{i}] must be a dict with 'boxes' and 'labels', got {t!r}")
+    boxes = torch.as_tensor(t["boxes"], dtype=torch.float32)
+    if boxes.numel() == 0:
+        boxes = boxes.reshape(0, 4)
+    labels = torch.as_tensor(t["labels"])
+    if boxes.ndim != 2 or boxes.shape[1] != 4 or labels.ndim != 1 or len(labels) != len(boxes):
+        raise ValueError(f"targets[{i}]: need boxes [n, 4] and labels [n], got {tuple(boxes.shape)} and {tuple(labels.shape)}")
+    return boxes, labels
+
+
+def _check_values(boxes: Tensor, labels: Tensor, image: Tensor, num_classes: int) -> Tensor:
+    "Value checks on concatenated targets (image[j] = image index of row j); returns int64 labels."
+    bad = [(~torch.isfinite(boxes).all(1) | (boxes < -0.01).any(1) | (boxes > 1.01).any(1),
+            "boxes must be NORMALIZED xyxy in [0, 1] (pixel boxes?)"),
+           ((boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1]), "boxes must have xmin <= xmax and ymin <= ymax"),
+           ((labels != labels.round()) if labels.is_floating_point() else torch.zeros(len(labels), dtype=torch.bool),
+            "labels must be integers"),
+           ((labels < 0) | (labels >= num_classes), f"labels must lie in [0, {num_classes})")]
+    for mask, msg in bad:
+        if mask.any():
+            j = int(mask.nonzero()[0])
+            raise ValueError(f"targets[{int(image[j])}]: {msg}, got box {boxes[j].tolist()} label {labels[j].item()}")
+    return labels.long()
 
 # %% ../notebooks/07_augment.ipynb #b6e6010a
 def augment_objects(boxes: Tensor, labels: Tensor, tokenizer: Tokenizer, generator: torch.Generator | None = None,
