@@ -5,6 +5,7 @@ from hypothesis import given, settings, strategies as st
 
 from p2s_lib.box_prior import BoxPriorDecoder, box_prior_bias, has_box_prior
 from p2s_lib.decoder import Decoder
+from test_05_decoder import CHUNKINGS, cache_equals_full_pass  # the cache law of chapter 05, for the prior's decoders
 
 
 def small_decoder(**kw) -> Decoder:
@@ -12,25 +13,6 @@ def small_decoder(**kw) -> Decoder:
     args = dict(vocab_size=50, max_len=40, d_model=32, num_layers=2, num_heads=4, dim_feedforward=64, dropout=0.1)
     kind = BoxPriorDecoder if any("box_prior" in k for k in kw) else Decoder
     return kind(**{**args, **kw}).eval()
-
-
-CHUNKINGS = [[1] * 40, [3] * 13 + [1], [7, 1, 8, 2, 8, 6, 8], [40]]  # as in test_05_decoder.py
-
-
-def cache_equals_full_pass(dec: Decoder, chunks: list[int]) -> None:
-    """Feeding a sequence in pieces through the cache gives the logits of one full teacher-forced pass."""
-    g = torch.Generator().manual_seed(len(chunks))
-    tokens = torch.randint(8, dec.token_emb.num_embeddings, (2, 40), generator=g)
-    tokens[:, 0] = 1
-    mem = torch.randn(2, 16, 32, generator=g)
-    with torch.no_grad():
-        full = dec(tokens, mem)
-        cache, pieces, start = dec.new_cache(mem), [], 0
-        for n in chunks:
-            pieces.append(dec(tokens[:, start:start + n], cache=cache))
-            start += n
-    assert cache.length == 40
-    assert torch.allclose(torch.cat(pieces, dim=1), full, atol=1e-5), (torch.cat(pieces, 1) - full).abs().max()
 
 
 VARIANTS = {
