@@ -114,6 +114,7 @@ def _coco_box(ann: dict, path: Path) -> list[float]:
     return [x, y, x + w, y + h]
 
 
+# %% ../notebooks/00d_coco.ipynb #35a202d7
 def _label(ann: dict, coco: COCO, path: Path, cat_labels: dict[Any, int | None]) -> int:
     "The label of `ann`, after checking that its image and its category exist and the category is wanted."
     where, image_id, cat = f"annotation id {ann['id']}", ann.get("image_id"), ann.get("category_id")

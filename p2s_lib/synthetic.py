@@ -72,6 +72,28 @@ def _shape_mask(kind: str, cx: float, cy: float, s: float, theta: float, inner: 
 
 
 # %% ../notebooks/00_synthetic.ipynb #e9c15c11
+def _place_shape(rng: np.random.Generator, kind: str, s: float, theta: float, inner: float,
+                 owner: np.ndarray, placed: list[dict]) -> tuple | None:
+    """Try up to 5 random centres for a shape of size `s`; keep the first that leaves every shape in `placed` at
+    least 15 % visible, and update their `visible` counts. Returns (window, mask, extent, cx, cy), or None."""
+    h, w = owner.shape
+    for _ in range(5):
+        cx, cy = rng.uniform(0.1 * s, w - 0.1 * s), rng.uniform(0.1 * s, h - 0.1 * s)
+        win, mask, extent = _shape_mask(kind, cx, cy, s, theta, inner, h, w)
+        if not mask.any():
+            continue
+        lost = np.bincount(owner[win][mask] + 1, minlength=len(placed) + 1)[1:]  # pixels each shape loses
+        if all(p["visible"] - lost[j] >= 0.15 * p["area"] for j, p in enumerate(placed)):
+            break
+    else:
+        return None
+    for j, p in enumerate(placed):
+        p["visible"] -= int(lost[j])
+    owner[win][mask] = len(placed)
+    return win, mask, extent, cx, cy
+
+
+# %% ../notebooks/00_synthetic.ipynb #9e3dc371
 def _render_image(rng: np.random.Generator, h: int, w: int, classes: Sequence[str], max_objects: int,
                   object_size: tuple[float, float], empty_prob: float, tiny_prob: float
                   ) -> tuple[np.ndarray, list[dict]]:
@@ -87,18 +109,10 @@ def _render_image(rng: np.random.Generator, h: int, w: int, classes: Sequence[st
         s = rng.uniform(lo, hi) * side
         kind = classes[int(rng.integers(len(classes)))]
         theta, inner = rng.uniform(0, 2 * np.pi), rng.uniform(0.38, 0.5)
-        for _ in range(5):  # retry placements that would bury an earlier object (< 15 % visible)
-            cx, cy = rng.uniform(0.1 * s, w - 0.1 * s), rng.uniform(0.1 * s, h - 0.1 * s)
-            win, mask, extent = _shape_mask(kind, cx, cy, s, theta, inner, h, w)
-            if not mask.any():
-                continue
-            lost = np.bincount(owner[win][mask] + 1, minlength=len(placed) + 1)[1:]
-            if all(p["visible"] - lost[j] >= 0.15 * p["area"] for j, p in enumerate(placed)):
-                break
-        else:
+        spot = _place_shape(rng, kind, s, theta, inner, owner, placed)
+        if spot is None:
             continue
-        for j, p in enumerate(placed):
-            p["visible"] -= int(lost[j])
+        win, mask, extent, cx, cy = spot
         # a random colour far enough from what is underneath, plus a soft shading gradient
         region = img[win]  # a view: writing into it writes into img
         tries = rng.uniform(0, 255, (8, 3)).astype(np.float32)
@@ -109,7 +123,6 @@ def _render_image(rng: np.random.Generator, h: int, w: int, classes: Sequence[st
         ys, xs = np.ogrid[win]
         shade = rng.uniform(-30, 30) / s * ((xs - cx) * np.cos(a) + (ys - cy) * np.sin(a))
         region[mask] = np.clip(colour + shade[mask][:, None], 0, 255)
-        owner[win][mask] = len(placed)
         area = int(mask.sum())
         placed.append(dict(name=kind, win=win, mask=mask, extent=extent, tiny=tiny, area=area, visible=area))
     img += (rng.random(img.shape, dtype=np.float32) - 0.5) * rng.uniform(7, 35)  # uniform noise, std 2..10
@@ -127,6 +140,7 @@ def _render_image(rng: np.random.Generator, h: int, w: int, classes: Sequence[st
             bndbox=(int(cols[0]) + 1, int(rows[0]) + 1, int(cols[-1]) + 1, int(rows[-1]) + 1),  # 1-based, inclusive
         ))
     return np.clip(img, 0, 255).round().astype(np.uint8), out
+
 
 # %% ../notebooks/00_synthetic.ipynb #f08a21de
 def _annotation_xml(folder: str, filename: str, h: int, w: int, objects: list[dict]) -> str:

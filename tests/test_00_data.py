@@ -118,6 +118,25 @@ def test_generator_colour_does_not_decide_class(tmp_path):
     assert (means - means.mean(0)).abs().max() < 0.5 * spread
 
 
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 8), h=st.integers(32, 96), w=st.integers(32, 96))
+def test_place_shape_keeps_every_shape_visible(seed, n, h, w):
+    """_place_shape's law: every placed shape keeps >= 15 % of its pixels, and `visible` counts exactly the pixels
+    where it is on top of the owner map."""
+    rng = np.random.default_rng(seed)
+    owner, placed = np.full((h, w), -1, np.int16), []
+    for _ in range(n):
+        kind = SYNTHETIC_CLASSES[int(rng.integers(4))]
+        spot = synthetic._place_shape(rng, kind, rng.uniform(0.1, 0.6) * max(h, w), rng.uniform(0, 6.3), 0.45,
+                                      owner, placed)
+        if spot is not None:
+            area = int(spot[1].sum())
+            placed.append(dict(area=area, visible=area))
+    for j, p in enumerate(placed):
+        assert p["visible"] >= 0.15 * p["area"]
+        assert int((owner == j).sum()) == p["visible"]
+
+
 def test_generator_refuses_to_overwrite(tmp_path):
     make_synthetic_voc(tmp_path, num_images=3, image_size=48, seed=0)
     with pytest.raises(FileExistsError, match="overwrite"):
