@@ -20,12 +20,7 @@ from .box_prior import BoxPriorDecoder
 
 # %% ../notebooks/05b_model.ipynb #a628e5ea
 PRESETS: dict[str, dict] = {
-    # a CPU model: trains in minutes at 128 px. Six departures from the
-    # official settings (chapter 05b). Three speed up its first minutes of learning (a short run does
-    # not overfit): no dropout, no LayerNorm on the memory, PyTorch's default init of the linear layers.
-    # The box prior of the class step (chapter 05, section 8) speeds up learning the classes; its
-    # partial form for the coordinate steps (section 8b), learning where the box edges are. A decoder MLP
-    # 2x the width instead of 4x makes each step cheaper, at no cost in AP50 (RESULTS.md).
+    # a CPU model: trains in minutes at 128 px. Why its switches differ from r50's: ch. 05b (box priors: ch. 05a)
     "nano": dict(backbone="tiny", pretrained=False, d_model=192, encoder_layers=0, decoder_layers=3,
                  num_heads=4, dim_feedforward=384, dropout=0.0, image_size=128, num_bins=64,
                  max_objects=10, sincos_init=True, memory_norm=False, linear_init="torch", box_prior=True,
@@ -166,7 +161,7 @@ def cross_attention_maps(model: Pix2Seq, images: Tensor, input_tokens: Tensor, l
 
 # %% ../notebooks/05b_model.ipynb #9dabdf18
 def input_slot_names(tokens: Tensor, tokenizer: Tokenizer, class_names=None) -> list[str]:
-    """'BOS', then 'ymin bin 20', ..., 'class square' for each position of one input sequence [T] (ch. 05b)."""
+    """'BOS', then 'ymin 20', ..., 'class square': the slot and value of each token of one sequence [T] (ch. 05b)."""
     names = tokenizer.token_names(tokens, class_names)
     return [name if t == 0 else f"{SLOT_NAMES[(t - 1) % 5]} {name.removeprefix('bin ')}"
             for t, name in enumerate(names)]
