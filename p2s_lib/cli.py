@@ -197,6 +197,7 @@ def first_label(prediction: dict, labels_per_object: int) -> dict:
     return {k: v[::labels_per_object] for k, v in prediction.items()}
 
 
+# %% ../notebooks/12_cli.ipynb #01ebefe7
 def cli_demo(args: argparse.Namespace) -> dict:
     """The README's main job: synthetic VOC-format data, the cpu recipe for a few minutes, mAP, a picture."""
     root, out = Path(args.data_root), Path(args.out)

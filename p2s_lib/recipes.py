@@ -29,39 +29,42 @@ class Recipe:
             raise ValueError(f"recipe {self.name!r}: {unknown} are not TrainConfig fields")
 
 # %% ../notebooks/11_recipes.ipynb #4b42870b
-_MEASURED = f"measured on held-out val AP50 ({RESULTS})"
+_SETTINGS = f"{RESULTS}, section 'What each nano setting bought'"   # where each measurement lives, with its numbers
+_OWN_DATA = f"{RESULTS}, section 'The own-data command'"
 
 CPU = Recipe("cpu", "nano on a small set (thousands of images near 128 px) on a CPU, in 15 minutes", {
     "preset": ("nano", "the CPU preset (chapter 05b)"),
-    "max_minutes": (15.0, f"the budget the recipe is measured at ({RESULTS})"),
+    "max_minutes": (15.0, f"the budget the recipe is measured at ({_OWN_DATA})"),
     "epochs": (None, "no epoch cap: a time budget trains for the whole budget"),
     "batch_size": (8, "per process; one single-thread process per core (torchrun) trains fastest"),
-    "lr": (8e-4, f"{_MEASURED}: 3e-4 0.21, 6e-4 0.31-0.37, 8e-4 0.39-0.40, 1.2e-3 0.23 after 3,000 steps"),
-    "scale_min": (1.0, f"no scale jitter, {_MEASURED}: 0.3-2.0 shrinks 128-px objects to a few pixels"),
+    "lr": (8e-4, f"measured on held-out val AP50 against 3e-4, 6e-4 and 1.2e-3 ({_SETTINGS})"),
+    "scale_min": (1.0, f"no scale jitter: 0.3-2.0 shrinks 128-px objects to a few pixels; measured ({_SETTINGS})"),
     "scale_max": (1.0, "no scale jitter (see scale_min)"),
-    "spare_slots": (2, f"{_MEASURED}: 8 slots for at most 6 objects beat 10 (shorter sequences, more steps)"),
-    "decay_frac": (0.35, f"warmup-stable-decay, {_MEASURED}: 0.74 / 0.76 vs 0.70 / 0.70 (two seeds)"),
+    "spare_slots": (2, f"8 slots for at most 6 objects: shorter sequences, more steps; measured ({_SETTINGS})"),
+    "decay_frac": (0.35, f"warmup-stable-decay: the peak held until the last 35%; measured ({_SETTINGS})"),
     "final_lr_frac": (0.02, "measured together with decay_frac"),
-    "cache_images": (True, f"measured ({RESULTS}): about 5% more steps per minute; small sets fit in RAM"),
+    "cache_images": (True, f"more steps per minute; small sets fit in RAM; measured ({_SETTINGS})"),
     "num_workers": (0, "the cores are busy training: loader workers would compete with them"),
     "eval_every": (2, "a budget choice: an evaluation every two epochs picks the best checkpoint"),
     "eval_images": (200, "a budget choice: 200 validation images per evaluation"),
-    "refine_window": (2, f"sub-bin box edges (chapter 08), measured ({RESULTS}): test AP 0.60 -> 0.63"),
-    "labels_per_object": (4, f"at evaluation, each object's 4 likeliest classes (at most the classes), as "
-                             f"Faster R-CNN scores one box per class; measured ({RESULTS}): test AP50 0.83 -> 0.87"),
+    "refine_window": (2, f"sub-bin box edges (chapter 08); measured ({_OWN_DATA})"),
+    "labels_per_object": (4, f"at evaluation, each object's 4 likeliest classes (at most the classes) as "
+                             f"detections sharing its box; measured ({_OWN_DATA})"),
 })
 
 _OFFICIAL = "official configs/config_det_finetune.py"
-PAPER = Recipe("paper", "the paper's settings: r50 at 640 px, trained from scratch for days on GPUs", {
+PAPER = Recipe("paper", "paper-style, on GPUs: r50, the official fine-tune pipeline (640 px, batch 32), "
+                        "the paper's 300 epochs from scratch", {
     "preset": ("r50", "paper (Architecture): a ResNet-50 trunk, 6 + 6 transformer layers"),
-    "image_size": (640, f"{_OFFICIAL}: 640 x 640"),
-    "batch_size": (32, _OFFICIAL),
-    "lr": (3e-4, "from scratch, DETR-like (the official fine-tune uses 3e-5 from a pretrained checkpoint)"),
+    "image_size": (640, f"{_OFFICIAL}: 640 x 640 (the paper's from-scratch runs: 1333 px)"),
+    "batch_size": (32, f"{_OFFICIAL} (the paper's from-scratch runs: 128)"),
+    "lr": (3e-4, "a from-scratch choice, DETR-like: neither the paper's nor the official config's "
+                 "(its fine-tune uses 3e-5 from an Objects365-pretrained checkpoint)"),
     "weight_decay": (0.05, _OFFICIAL),
     "beta2": (0.95, _OFFICIAL),
     "warmup_frac": (0.05, f"{_OFFICIAL}: 2 warmup epochs of 40"),
     "final_lr_frac": (0.01, f"{_OFFICIAL}: end_lr_factor 0.01"),
-    "epochs": (300, "paper (Experimental setup): 300 epochs from scratch on COCO"),
+    "epochs": (300, "paper (sec. 3.1): 300 epochs from scratch on COCO"),
     "scale_min": (0.3, f"{_OFFICIAL}: scale jitter 0.3-2.0"),
     "scale_max": (2.0, f"{_OFFICIAL}: scale jitter 0.3-2.0"),
     "hflip": (0.5, f"{_OFFICIAL}: horizontal flip"),
