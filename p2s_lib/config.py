@@ -19,7 +19,7 @@ from .coco import COCODataset, coco_classes
 class TrainConfig:
     """Everything a run needs; stored in every checkpoint so `--resume` rebuilds the same run.
 
-    Paper-style optimizer defaults; the `paper` recipe (chapter 11) holds the paper's values. `sources`
+    Paper-style optimizer defaults; chapter 11's `paper` recipe names where each of its values comes from. `sources`
     says where each value came from (chapter 11's recipes fill it); a field missing there is this default."""
     data_root: str | None = None       # VOC: the folder holding VOCdevkit/; COCO: the folder of the images
     year: str = "2007"                 # one year, or several joined by "+" (e.g. "2007+2012")
