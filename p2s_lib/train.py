@@ -2,7 +2,7 @@
 
 # %% auto #0
 __all__ = ['LOG_FIELDS', 'resumed_config', 'training_data', 'build_model', 'param_groups', 'TrainingDiverged', 'TrainingStep',
-           'TrainingLoop', 'TimeBudget', 'Checkpoints', 'load_training_state', 'Trainer', 'plot_history']
+           'TimeBudget', 'Checkpoints', 'load_training_state', 'plot_history', 'TrainingLoop', 'Trainer']
 
 # %% ../notebooks/10d_train_voc.ipynb #b54f402f
 import csv
@@ -125,74 +125,6 @@ class TrainingStep:
             raise TrainingDiverged(f"loss is {loss} by step {self.step} (lr {self.lr:.2e}); {saved}. "
                                    f"Lower --lr or raise the warmup.")
 
-# %% ../notebooks/10d_train_voc.ipynb #f6deb502
-class TrainingLoop(TrainingStep):
-    """Epochs of steps, logs every `log_every` steps, evaluations, and every way a run ends."""
-
-    def fit(self) -> dict:
-        """Train until `epochs` or the time budget; evaluate every `eval_every` epochs and at the end.
-        Ctrl-C, or an image that can't be read, saves `last.pt` first, so `--resume` loses nothing."""
-        cfg, spe = self.cfg, self.steps_per_epoch
-        self.clock, self.budget = time.perf_counter(), (cfg.max_minutes * 60 if cfg.max_minutes else math.inf)
-        self.eval_seconds, metrics, stop = 0.05 * self.budget if cfg.max_minutes else 0.0, None, False
-        if self.step >= self.max_steps and self.is_main:
-            print(f"nothing left to train: step {self.step} of {self.max_steps} (raise --epochs to train longer)")
-        bar = tqdm(total=self.schedule.total_steps, initial=self.step, desc="train",
-                   disable=not (self.is_main and cfg.progress))
-        try:
-            while self.step < self.max_steps and not stop:
-                epoch, before = self.step // spe, self.step
-                stop = self.train_epoch(epoch, bar)
-                if self.step == before and not stop:
-                    raise RuntimeError(f"epoch {epoch} made no step ({len(self.train_data)} training images)")
-                finished_epoch = self.step % spe == 0
-                if finished_epoch and ((epoch + 1) % cfg.eval_every == 0 or self.step >= self.max_steps):
-                    metrics = self.evaluate_and_keep_best()
-                self.save("last.pt")
-                self.fit_schedule_to_budget()
-                bar.total = self.schedule.total_steps
-        except (KeyboardInterrupt, ValueError, OSError) as e:  # Ctrl-C, or a file that can't be read
-            path = self.save("last.pt")
-            if self.is_main:
-                tqdm.write(f"stopped at step {self.step} ({type(e).__name__}): saved {path}; continue with --resume")
-            raise
-        bar.close()
-        if metrics is None or self.last_eval_step != self.step:
-            metrics = self.evaluate_and_keep_best()
-            self.save("last.pt")
-        if self.is_main:
-            plot_history(self.history, self.out / "curves.png")
-        return {"step": self.step, "epoch": self.step / spe, "metrics": summary_metrics(metrics), "best_map_50": self.best,
-                "out": str(self.out), "train_minutes": self.train_seconds / 60}
-
-    def train_epoch(self, epoch: int, bar) -> bool:
-        """Run (the rest of) one epoch. Returns True when the run must stop early."""
-        cfg, spe = self.cfg, self.steps_per_epoch
-        self.sampler.set_epoch(epoch, start=(self.step - epoch * spe) * cfg.batch_size)  # the workers persist
-        self.model.train()
-        tick, window = time.perf_counter(), []
-        for batch in self.loader:
-            window.append(self.train_step(batch))
-            bar.update(1)
-            if self.step % cfg.log_every == 0 or self.step % spe == 0:  # the only host syncs of the loop
-                loss, now = torch.stack(window).mean().item(), time.perf_counter()
-                self.check_finite(loss)
-                self.train_seconds += now - tick
-                speed = len(window) * cfg.batch_size * self.world_size / (now - tick)
-                self.log({"step": self.step, "epoch": round(self.step / spe, 3), "loss": loss,
-                          "lr": self.lr, "images_per_s": speed})
-                bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{speed:.0f}", lr=f"{self.lr:.1e}")
-                if self.step - len(window) < 20 <= self.step:  # the first throughput past step 20 sizes the run
-                    self.fit_schedule_to_budget()
-                    bar.total = self.schedule.total_steps
-                tick, window = now, []
-                if not all_ranks_agree(self.time_left() > self.eval_seconds, self.device):
-                    return True
-            if cfg.stop_after_steps is not None and self.step >= cfg.stop_after_steps:
-                return True
-        self.train_seconds += time.perf_counter() - tick
-        return False
-
 # %% ../notebooks/10d_train_voc.ipynb #50eb5218
 class TimeBudget:
     """`--max-minutes`: the time left, and a schedule re-sized so that its decay ends with the budget."""
@@ -279,6 +211,93 @@ def load_training_state(path: str | Path) -> dict:
         raise ValueError(f"{path}: a model-only checkpoint, can't resume training (missing {sorted(missing)})")
     return {**state, "config": model.config, "model": model.state_dict()}
 
+# %% ../notebooks/10d_train_voc.ipynb #7b4cefd4
+def plot_history(history: list[dict], path: str | Path | None = None):
+    """Loss, learning rate and mAP against steps, as one figure (saved as PNG when `path` is given)."""
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.2))
+    for ax, keys, title in zip(axes, [("loss",), ("lr",), ("map_50", "map")], ["loss", "learning rate", "mAP"]):
+        for key in keys:
+            rows = [r for r in history if r.get(key) is not None]
+            ax.plot([r["step"] for r in rows], [r[key] for r in rows], "o-" if key.startswith("map") else "-",
+                    label=key, ms=3)
+        ax.set_title(title); ax.set_xlabel("step")
+        if title == "mAP":
+            ax.set_ylim(0, 1); ax.legend()
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+    return fig
+
+# %% ../notebooks/10d_train_voc.ipynb #f6deb502
+class TrainingLoop(TrainingStep):
+    """Epochs of steps, logs every `log_every` steps, evaluations, and every way a run ends."""
+
+    def fit(self) -> dict:
+        """Train until `epochs` or the time budget; evaluate every `eval_every` epochs and at the end.
+        Ctrl-C, or an image that can't be read, saves `last.pt` first, so `--resume` loses nothing."""
+        cfg, spe = self.cfg, self.steps_per_epoch
+        self.clock, self.budget = time.perf_counter(), (cfg.max_minutes * 60 if cfg.max_minutes else math.inf)
+        self.eval_seconds, metrics, stop = 0.05 * self.budget if cfg.max_minutes else 0.0, None, False
+        if self.step >= self.max_steps and self.is_main:
+            print(f"nothing left to train: step {self.step} of {self.max_steps} (raise --epochs to train longer)")
+        bar = tqdm(total=self.schedule.total_steps, initial=self.step, desc="train",
+                   disable=not (self.is_main and cfg.progress))
+        try:
+            while self.step < self.max_steps and not stop:
+                epoch, before = self.step // spe, self.step
+                stop = self.train_epoch(epoch, bar)
+                if self.step == before and not stop:
+                    raise RuntimeError(f"epoch {epoch} made no step ({len(self.train_data)} training images)")
+                finished_epoch = self.step % spe == 0
+                if finished_epoch and ((epoch + 1) % cfg.eval_every == 0 or self.step >= self.max_steps):
+                    metrics = self.evaluate_and_keep_best()
+                self.save("last.pt")
+                self.fit_schedule_to_budget()
+                bar.total = self.schedule.total_steps
+        except (KeyboardInterrupt, ValueError, OSError) as e:  # Ctrl-C, or a file that can't be read
+            path = self.save("last.pt")
+            if self.is_main:
+                tqdm.write(f"stopped at step {self.step} ({type(e).__name__}): saved {path}; continue with --resume")
+            raise
+        bar.close()
+        if metrics is None or self.last_eval_step != self.step:
+            metrics = self.evaluate_and_keep_best()
+            self.save("last.pt")
+        if self.is_main:
+            plot_history(self.history, self.out / "curves.png")
+        return {"step": self.step, "epoch": self.step / spe, "metrics": summary_metrics(metrics), "best_map_50": self.best,
+                "out": str(self.out), "train_minutes": self.train_seconds / 60}
+
+    def train_epoch(self, epoch: int, bar) -> bool:
+        """Run (the rest of) one epoch. Returns True when the run must stop early."""
+        cfg, spe = self.cfg, self.steps_per_epoch
+        self.sampler.set_epoch(epoch, start=(self.step - epoch * spe) * cfg.batch_size)  # the workers persist
+        self.model.train()
+        tick, window = time.perf_counter(), []
+        for batch in self.loader:
+            window.append(self.train_step(batch))
+            bar.update(1)
+            if self.step % cfg.log_every == 0 or self.step % spe == 0:  # the only host syncs of the loop
+                loss, now = torch.stack(window).mean().item(), time.perf_counter()
+                self.check_finite(loss)
+                self.train_seconds += now - tick
+                speed = len(window) * cfg.batch_size * self.world_size / (now - tick)
+                self.log({"step": self.step, "epoch": round(self.step / spe, 3), "loss": loss,
+                          "lr": self.lr, "images_per_s": speed})
+                bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{speed:.0f}", lr=f"{self.lr:.1e}")
+                if self.step - len(window) < 20 <= self.step:  # the first throughput past step 20 sizes the run
+                    self.fit_schedule_to_budget()
+                    bar.total = self.schedule.total_steps
+                tick, window = now, []
+                if not all_ranks_agree(self.time_left() > self.eval_seconds, self.device):
+                    return True
+            if cfg.stop_after_steps is not None and self.step >= cfg.stop_after_steps:
+                return True
+        self.train_seconds += time.perf_counter() - tick
+        return False
+
 # %% ../notebooks/10d_train_voc.ipynb #201cc71a
 class Trainer(TrainingLoop, TimeBudget, Checkpoints):
     """One training run: data, model, AdamW + warmup/decay, mixed precision, checkpoints, CSV log, mAP.
@@ -348,22 +367,3 @@ class Trainer(TrainingLoop, TimeBudget, Checkpoints):
                 torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         else:
             torch.manual_seed(self.cfg.seed + 1000 * self.rank + self.step)
-
-# %% ../notebooks/10d_train_voc.ipynb #7b4cefd4
-def plot_history(history: list[dict], path: str | Path | None = None):
-    """Loss, learning rate and mAP against steps, as one figure (saved as PNG when `path` is given)."""
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.2))
-    for ax, keys, title in zip(axes, [("loss",), ("lr",), ("map_50", "map")], ["loss", "learning rate", "mAP"]):
-        for key in keys:
-            rows = [r for r in history if r.get(key) is not None]
-            ax.plot([r["step"] for r in rows], [r[key] for r in rows], "o-" if key.startswith("map") else "-",
-                    label=key, ms=3)
-        ax.set_title(title); ax.set_xlabel("step")
-        if title == "mAP":
-            ax.set_ylim(0, 1); ax.legend()
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=90)
-        plt.close(fig)
-    return fig
