@@ -18,7 +18,7 @@ from .synthetic import SYNTHETIC_CLASSES, make_synthetic_voc  # chapter 00, re-e
 
 # %% auto #0
 __all__ = ['VOC_CLASSES', 'VOCAnnotationError', 'VOCImageError', 'VOCMissingError', 'VOCWarning', 'parse_voc_xml',
-           'infer_classes', 'decode_rgb', 'VOCDataset', 'collate_fn']
+           'infer_classes', 'decode_rgb', 'VOCRecords', 'VOCDataset', 'collate_fn']
 
 # %% ../notebooks/00b_data.ipynb #8d22fba5
 VOC_CLASSES: tuple[str, ...] = (
@@ -168,10 +168,10 @@ def decode_rgb(path: str | Path) -> torch.Tensor:
         return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
 
 # %% ../notebooks/00b_data.ipynb #ebe7f8d0
-class VOCDataset(torch.utils.data.Dataset):
-    """Pascal VOC detection dataset over `root/VOCdevkit/VOC{year}`, split `image_set`.
-    `classes`: None -> the 20 VOC classes; a sequence -> those names (label = index); "infer" -> sorted names found
-    in the annotations. Items are (image float32 [3,H,W] in [0,1], target dict). See chapter 00b."""
+class VOCRecords(torch.utils.data.Dataset):
+    """The index half of `VOCDataset`: the ids of split `image_set` of `root/VOCdevkit/VOC{year}`, the class list,
+    and every annotation parsed up front into `records`. `classes`: None -> the 20 VOC classes; a sequence -> those
+    names (label = index); "infer" -> sorted names found in the annotations. See chapter 00b."""
 
     def __init__(self, root: str | Path, year: str = "2007", image_set: str = "trainval",
                  classes: Sequence[str] | str | None = None, transforms=None):
@@ -209,6 +209,12 @@ class VOCDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.ids)
+
+
+# %% ../notebooks/00b_data.ipynb #9832c826
+class VOCDataset(VOCRecords):
+    """Pascal VOC detection dataset over `root/VOCdevkit/VOC{year}`, split `image_set` (arguments: `VOCRecords`).
+    Items are (image float32 [3,H,W] in [0,1], target dict), through `transforms` if given. See chapter 00b."""
 
     def __repr__(self) -> str:
         return (f"VOCDataset(year={self.year!r}, image_set={self.image_set!r}, {len(self)} images, "

@@ -120,6 +120,7 @@ class DetectionTransform:
         return f"DetectionTransform(train={self.train}, image_size={self.image_size}, pipeline={self.pipeline})"
 
 
+# %% ../notebooks/00c_transforms.ipynb #f8c7b8ba
 def make_transforms(train: bool, image_size: int, scale_range: tuple[float, float] = (0.3, 2.0),
                     hflip: float = 0.5, color_jitter: float = 0.0, vflip: float = 0.0,
                     transpose: float = 0.0) -> DetectionTransform:
@@ -148,3 +149,4 @@ def make_transforms(train: bool, image_size: int, scale_range: tuple[float, floa
         steps = [ResizeLongestSide(image_size), FixedSizeCrop(image_size, random=False),
                  v2.ToDtype(torch.float32, scale=True)]
     return DetectionTransform(v2.Compose(steps), image_size, train)
+

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import p2s_lib.synthetic as synthetic
-from p2s_lib.data import (VOC_CLASSES, VOCAnnotationError, VOCDataset, VOCImageError, VOCMissingError, VOCWarning,
-                          collate_fn, infer_classes, parse_voc_xml)
+from p2s_lib.data import (VOC_CLASSES, VOCAnnotationError, VOCDataset, VOCImageError, VOCMissingError, VOCRecords,
+                          VOCWarning, collate_fn, infer_classes, parse_voc_xml)
 from p2s_lib.synthetic import SYNTHETIC_CLASSES, make_synthetic_voc
 from p2s_lib.transforms import make_transforms, RandomTranspose
 from torchvision import tv_tensors
@@ -216,6 +216,15 @@ def test_item_format(synthetic_root):
     # targets are copies: mutating one does not corrupt the dataset
     t["boxes"] += 1000
     assert ds[1][1]["boxes"].max() <= max(img.shape)
+
+
+def test_records_base_parses_without_decoding(synthetic_root):
+    recs = VOCRecords(synthetic_root, classes=SYNTHETIC_CLASSES)
+    ds = VOCDataset(synthetic_root, classes=SYNTHETIC_CLASSES)
+    assert isinstance(ds, VOCRecords) and recs.ids == ds.ids and len(recs.records) == len(recs) == len(ds)
+    for i in range(len(ds)):
+        assert torch.equal(recs.records[i]["boxes"], ds[i][1]["boxes"])
+    assert not hasattr(recs, "read_image")  # the index half decodes nothing
 
 
 def test_classes_infer_given_default(synthetic_root):
