@@ -73,18 +73,19 @@ def _augment_padded(boxes: Tensor, labels: Tensor, n_real: Tensor, noise_label: 
     slot = torch.arange(N)
     is_noise = slot >= n_real[:, None]                                     # [B,N]
     n_noise = N - n_real
-    u = torch.rand(B, generator=generator)
+    u = torch.rand(B, generator=generator)                                # 1. how many duplicates
     n_dup = (u * (n_noise + 1)).floor().long() if dup_share is None else (dup_share * n_noise).round().long()
     n_dup = torch.where(n_real > 0, n_dup.clamp(max=n_noise), 0)          # nothing to duplicate in an empty image
-    # shuffle the noise: a random rank among the noise slots decides which ones are duplicates
+    # 2. shuffle the noise: a random rank among the noise slots decides which ones are duplicates
     key = torch.rand(B, N, generator=generator).masked_fill(~is_noise, 2.0)
     rank = key.argsort(1).argsort(1)                                      # noise slots get ranks 0..n_noise-1
     is_dup = is_noise & (rank < n_dup[:, None])
-    coin = torch.rand(B, N, generator=generator) < 0.5
+    coin = torch.rand(B, N, generator=generator) < 0.5                    # 3. shifted or random
     is_shift = is_noise & ~is_dup & coin & (n_real[:, None] > 0)
     is_rand = is_noise & ~is_dup & ~is_shift
-    src = (torch.rand(B, N, generator=generator) * n_real.clamp(min=1)[:, None]).long()  # a real box per slot
+    src = (torch.rand(B, N, generator=generator) * n_real.clamp(min=1)[:, None]).long()  # 4. a real box per slot
     src_boxes = boxes.gather(1, src[..., None].expand(B, N, 4)).reshape(-1, 4)
+    # 5. three candidates for every slot, 6. pick the one of its kind (real slots keep their box)
     dup = jitter_boxes(src_boxes, generator, std=jitter_std, max_shift=2 * jitter_std).view(B, N, 4)
     shifted = shift_boxes(src_boxes, generator).view(B, N, 4)
     rand = random_boxes(B * N, generator, random_style).view(B, N, 4)
