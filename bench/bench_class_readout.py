@@ -81,7 +81,7 @@ def main() -> None:
     model = model.float().eval()
     data = build_dataset(root, "2007", args.image_set, info["class_names"], make_transforms(False, model.image_size))
     metrics, preds, targets = evaluate_model(model, data, greedy=True)
-    result = {"checkpoint": args.checkpoint, "box_prior": model.decoder.box_prior is not None,
+    result = {"checkpoint": args.checkpoint, "box_prior": getattr(model.decoder, "box_prior", None) is not None,
               "map_50_greedy": round(metrics["map_50"], 3), **recalls(preds, targets),
               **class_step_readout(model, data)}
     print(json.dumps(result, indent=1))

@@ -89,8 +89,6 @@ class KVCache:
         shape = (k.shape[0], k.shape[1], max_len, k.shape[3])                 # [B, heads, max_len, head_dim]
         self.self_kv = [(k.new_zeros(shape), k.new_zeros(shape)) for _ in cross_kv]
         self.position = torch.zeros((), dtype=torch.long, device=k.device)
-        self.tokens = torch.zeros(k.shape[0], max_len, dtype=torch.long, device=k.device)  # inputs so far (ch. 05a)
-        self.grid: tuple[int, int] | None = None  # (h, w) of the image grid (ch. 05a)
 
     @property
     def batch_size(self) -> int:
@@ -124,7 +122,8 @@ class DecoderLayer(nn.Module):
                 index: int = 0, return_attention: bool = False, cross_bias: Tensor | None = None,
                 positions: Tensor | None = None):
         """x [B, T, d] -> (x, (self-attention weights, cross-attention weights)). With a cache, the
-        T new tokens sit at `positions` and attend to every cached token up to their own."""
+        T new tokens sit at `positions` and attend to every cached token up to their own. `cross_bias`
+        (or None) is added to the cross-attention scores (unused here; chapter 05a's box prior)."""
         h = self.norm1(x)
         k, v = self.self_attn.project_kv(h)
         if cache is None:
@@ -158,8 +157,6 @@ class DecoderStack(nn.Module):
     cross-attending to the image memory, a final LayerNorm, and the tied output layer with its own bias.
     `linear_init`: "gpt" (N(0, 0.02) weights) or "torch" (PyTorch's default, Kaiming-uniform) for the
     linear layers; embeddings are N(0, 0.02) either way. `Decoder` adds the ways to call it (ch. 05)."""
-    box_prior, partial_box_prior = None, False  # no box prior (ch. 05a's BoxPriorDecoder sets them)
-
     def __init__(self, vocab_size: int, max_len: int, d_model: int = 256, num_layers: int = 6,
                  num_heads: int = 8, dim_feedforward: int = 1024, dropout: float = 0.1, linear_init: str = "gpt"):
         super().__init__()
@@ -176,74 +173,67 @@ class DecoderStack(nn.Module):
         self.out_bias = nn.Parameter(torch.zeros(vocab_size))
         self.apply(lambda m: _init_weights(m, linear_init))
 
-    def _run(self, tokens: Tensor, history: Tensor, positions: Tensor, cross: list, cache: KVCache | None,
-             return_attention: bool, grid: tuple[int, int] | None):
-        """The layers, for new `tokens` [B, T] at `positions` [T]; `history` [B, >= T]: every input so far."""
-        biases = self.cross_attention_biases(history, positions, cross[0][0].shape[2], grid)
+    def _run(self, tokens: Tensor, positions: Tensor, cross: list, cache: KVCache | None,
+             return_attention: bool, cross_biases: Tensor | None = None):
+        """The layers, for new `tokens` [B, T] at `positions` [T]; `cross` holds each layer's image K/V.
+        `cross_biases` [L, ...]: one cross-attention bias per layer (None here; chapter 05a passes them)."""
         x = self.drop(self.token_emb(tokens) + self.pos_emb(positions))
         attn = {"self": [], "cross": []}
         for i, layer in enumerate(self.layers):
             x, (w_self, w_cross) = layer(x, cross[i], cache, i, return_attention,
-                                         None if biases is None else biases[i], positions)
+                                         None if cross_biases is None else cross_biases[i], positions)
             attn["self"].append(w_self)
             attn["cross"].append(w_cross)
         logits = F.linear(self.norm(x), self.token_emb.weight, self.out_bias)
         return (logits, attn) if return_attention else logits
 
-    def cross_attention_biases(self, history: Tensor, positions: Tensor, num_cells: int,
-                               grid: tuple[int, int] | None) -> Tensor | None:
-        """Per-layer biases [L, B, heads, T, N] added to the cross-attention scores; None: plain attention
-        (chapter 05a overrides it)."""
-        return None
-
 
 # %% ../notebooks/05_decoder.ipynb #9164c64f
 class Decoder(DecoderStack):
     """The paper's decoder, called on a whole sequence (training) or one step at a time through a KV cache
-    (generation). Chapter 05a's `BoxPriorDecoder` extends it (ch. 05)."""
+    (generation) (ch. 05)."""
 
     def new_cache(self, memory: Tensor, grid: tuple[int, int] | None = None) -> KVCache:
         """Empty cache for images `memory` [B, N, d]: cross-attention K/V are computed here, once.
-        `grid`: the (h, w) of the memory (for ch. 05a's box prior; None: square)."""
-        cache = KVCache([layer.cross_attn.project_kv(memory) for layer in self.layers], self.max_len)
-        cache.grid = grid
-        return cache
+        `grid` (the memory's (h, w)) is ignored."""
+        return KVCache([layer.cross_attn.project_kv(memory) for layer in self.layers], self.max_len)
 
-    def forward(self, tokens: Tensor, memory: Tensor | None = None, cache: KVCache | None = None,
-                return_attention: bool = False, grid: tuple[int, int] | None = None):
-        """tokens [B, T] -> logits [B, T, vocab]. Without cache: the whole sequence, causally,
-        attending to memory [B, N, d]. With cache: tokens are only the NEW ones; their positions
-        continue from `cache.length`; memory is not needed (its K/V are in the cache); the cache
-        is updated in place (`step`). `grid` is the memory's (h, w) for the box prior (None: square,
-        or the cache's). `return_attention=True` also returns
-        {"self": [per layer [B, heads, T, S]], "cross": [per layer [B, heads, T, N]]}; with a cache S is max_len."""
+    def check_inputs(self, tokens: Tensor, memory: Tensor | None, cache: KVCache | None) -> None:
+        """Raise ValueError on a bad `forward` call (host-side: nothing waits for the device)."""
         if tokens.ndim != 2:
             raise ValueError(f"expected tokens [B, T], got shape {tuple(tokens.shape)}")
         B, T = tokens.shape
         start = 0 if cache is None else cache.length
         if start + T > self.max_len:
             raise ValueError(f"sequence of {start + T} tokens exceeds max_len {self.max_len}")
-        if cache is not None:
-            if cache.batch_size != B:
-                raise ValueError(f"cache holds {cache.batch_size} sequences, tokens have {B}")
-            out = self.step(tokens, cache, return_attention, grid)
-            cache.length += T
-            return out
-        if memory is None:
+        if cache is not None and cache.batch_size != B:
+            raise ValueError(f"cache holds {cache.batch_size} sequences, tokens have {B}")
+        if cache is None and memory is None:
             raise ValueError("memory is required when no cache is given")
-        cross = [layer.cross_attn.project_kv(memory) for layer in self.layers]
-        return self._run(tokens, tokens, torch.arange(T, device=tokens.device), cross, None, return_attention, grid)
 
-    def step(self, tokens: Tensor, cache: KVCache, return_attention: bool = False,
-             grid: tuple[int, int] | None = None):
+    def forward(self, tokens: Tensor, memory: Tensor | None = None, cache: KVCache | None = None,
+                return_attention: bool = False, grid: tuple[int, int] | None = None):
+        """tokens [B, T] -> logits [B, T, vocab]. Without cache: the whole sequence, causally,
+        attending to memory [B, N, d]. With cache: tokens are only the NEW ones; their positions
+        continue from `cache.length`; memory is not needed (its K/V are in the cache); the cache
+        is updated in place (`step`). `grid` is ignored. `return_attention=True` also returns
+        {"self": [per layer [B, heads, T, S]], "cross": [per layer [B, heads, T, N]]}; with a cache S is max_len."""
+        self.check_inputs(tokens, memory, cache)
+        if cache is not None:
+            out = self.step(tokens, cache, return_attention)
+            cache.length += tokens.shape[1]
+            return out
+        cross = [layer.cross_attn.project_kv(memory) for layer in self.layers]
+        return self._run(tokens, torch.arange(tokens.shape[1], device=tokens.device), cross, None, return_attention)
+
+    def step(self, tokens: Tensor, cache: KVCache, return_attention: bool = False):
         """The cached forward without the host-side checks: it reads and advances `cache.position` on the
         device, and no shape depends on it, so `torch.compile` compiles it once (chapter 08)."""
         positions = cache.position + torch.arange(tokens.shape[1], device=tokens.device)
-        cache.tokens.index_copy_(1, positions, tokens)  # ch. 05a's box prior reads the tokens back
-        out = self._run(tokens, cache.tokens, positions, cache.cross_kv, cache, return_attention,
-                        cache.grid if grid is None else grid)
+        out = self._run(tokens, positions, cache.cross_kv, cache, return_attention)
         cache.position.add_(tokens.shape[1])
         return out
+
 
 # %% ../notebooks/05_decoder.ipynb #aed1465c
 @torch.no_grad()

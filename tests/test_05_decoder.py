@@ -207,3 +207,16 @@ def test_linear_init_choices():
     assert torch.count_nonzero(torch_init.layers[0].mlp[0].bias) > 0  # PyTorch's default biases are not zero
     with pytest.raises(ValueError, match="linear_init"):
         small_decoder(linear_init="xavier")
+
+
+def test_plain_decoder_accepts_and_ignores_grid():
+    """Every decoder is called alike (chapter 08 passes the memory's grid); the paper's ignores it."""
+    dec = small_decoder()
+    tokens, mem = torch.randint(0, 50, (2, 6)), torch.randn(2, 6, 32)
+    with torch.no_grad():
+        full = dec(tokens, mem)
+        assert torch.equal(dec(tokens, mem, grid=(2, 3)), full)
+        cache = dec.new_cache(mem, (2, 3))
+        assert type(cache) is KVCache and not hasattr(cache, "tokens")
+        steps = torch.cat([dec.step(tokens[:, i:i + 1], cache) for i in range(6)], dim=1)
+    assert torch.allclose(steps, full, atol=1e-5) and int(cache.position) == 6

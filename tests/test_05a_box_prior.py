@@ -3,7 +3,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from p2s_lib.box_prior import BoxPriorDecoder, box_prior_bias, has_box_prior
+from p2s_lib.box_prior import BoxPriorCache, BoxPriorDecoder, box_prior_bias, cell_coverage, has_box_prior
 from p2s_lib.decoder import Decoder
 from test_05_decoder import CHUNKINGS, cache_equals_full_pass  # the cache law of chapter 05, for the prior's decoders
 
@@ -157,3 +157,49 @@ def test_partial_box_prior_with_gain_zero_is_the_class_step_prior_only():
 def test_partial_box_prior_needs_the_box_prior():
     with pytest.raises(ValueError, match="partial_box_prior=True needs box_prior"):
         small_decoder(partial_box_prior=True)
+
+
+def test_cell_coverage_of_a_box_on_cell_edges():
+    exact = cell_coverage(*torch.tensor([1 / 8, 2 / 8, 5 / 8, 6 / 8]), 8, 8).view(8, 8)  # rows 1-4, columns 2-5
+    expected = torch.zeros(8, 8)
+    expected[1:5, 2:6] = 1
+    assert torch.equal(exact, expected)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(0, 1), min_size=4, max_size=4), st.integers(1, 9), st.integers(1, 9))
+def test_cell_coverage_sums_to_the_box_area_in_cells(corners, h, w):
+    """Each cell's share lies in [0, 1], and the shares add up to the box's area in cells (either corner order)."""
+    y0, x0, y1, x1 = torch.tensor(corners)                  # float32, as box_prior_bias passes them
+    cov = cell_coverage(y0, x0, y1, x1, h, w)
+    assert cov.shape == (h * w,) and cov.min() >= 0 and cov.max() <= 1 + 1e-5
+    assert torch.isclose(cov.sum(), (y1 - y0).abs() * (x1 - x0).abs() * h * w, atol=1e-4)
+    assert torch.allclose(cell_coverage(y1, x1, y0, x0, h, w), cov)
+
+
+def test_step_gains_by_position_mod_5():
+    dec = small_decoder(vocab_size=72, max_len=51, box_prior=(8, 64), partial_box_prior=True)
+    with torch.no_grad():
+        dec.box_prior_gain.fill_(4.0)
+        dec.partial_box_prior_gain.copy_(torch.arange(3.0).repeat_interleave(2 * 4) + 1)  # 1, 2, 3 by step kind
+    gains = dec.step_gains()
+    assert gains.shape == (5, 2, 4)
+    assert [gains[i].unique().tolist() for i in range(5)] == [[0.0], [1.0], [2.0], [3.0], [4.0]]
+    class_only = small_decoder(vocab_size=72, max_len=51, box_prior=(8, 64)).step_gains()
+    assert class_only[:4].eq(0).all() and class_only[4].eq(1).all()
+
+
+def test_box_prior_cache_keeps_tokens_and_grid():
+    dec = small_decoder(vocab_size=72, max_len=51, box_prior=(8, 64))
+    mem = torch.randn(2, 12, 32)
+    with pytest.raises(ValueError, match="not a square grid"):
+        dec.new_cache(mem)
+    cache = dec.new_cache(mem, (3, 4))
+    assert isinstance(cache, BoxPriorCache) and cache.grid == (3, 4) and cache.tokens.shape == (2, 51)
+    tokens = torch.tensor([[1, 10, 11, 12], [1, 20, 21, 22]])
+    with torch.no_grad():
+        dec(tokens, cache=cache)
+        assert torch.equal(cache.tokens[:, :4], tokens) and cache.tokens[:, 4:].eq(0).all()
+        with pytest.raises(ValueError, match=r"grid \(4, 3\) differs from the cache's \(3, 4\)"):
+            dec(tokens[:, :1], cache=cache, grid=(4, 3))
+        assert dec.new_cache(torch.randn(1, 16, 32)).grid == (4, 4)  # None: square
