@@ -108,6 +108,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                               'p2s_lib.data.parse_voc_xml': ('data.html#parse_voc_xml', 'p2s_lib/data.py')},
             'p2s_lib.decoder': { 'p2s_lib.decoder.Decoder': ('decoder.html#decoder', 'p2s_lib/decoder.py'),
                                  'p2s_lib.decoder.Decoder.check_inputs': ('decoder.html#decoder.check_inputs', 'p2s_lib/decoder.py'),
+                                 'p2s_lib.decoder.Decoder.cross_kv': ('decoder.html#decoder.cross_kv', 'p2s_lib/decoder.py'),
                                  'p2s_lib.decoder.Decoder.forward': ('decoder.html#decoder.forward', 'p2s_lib/decoder.py'),
                                  'p2s_lib.decoder.Decoder.new_cache': ('decoder.html#decoder.new_cache', 'p2s_lib/decoder.py'),
                                  'p2s_lib.decoder.Decoder.step': ('decoder.html#decoder.step', 'p2s_lib/decoder.py'),

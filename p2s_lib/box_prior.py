@@ -125,7 +125,7 @@ class BoxPriorDecoder(BoxPriorStack):
     like chapter 05's `Decoder` (ch. 05a)."""
     def new_cache(self, memory: Tensor, grid: tuple[int, int] | None = None) -> BoxPriorCache:
         """Chapter 05's `new_cache`, keeping the tokens and `grid` (the memory's (h, w); None: square) too."""
-        return BoxPriorCache([layer.cross_attn.project_kv(memory) for layer in self.layers], self.max_len,
+        return BoxPriorCache(self.cross_kv(memory), self.max_len,
                              self.grid_of(memory.shape[1], grid))
 
     def forward(self, tokens: Tensor, memory: Tensor | None = None, cache: BoxPriorCache | None = None,
@@ -139,8 +139,7 @@ class BoxPriorDecoder(BoxPriorStack):
         self.check_inputs(tokens, memory, None)
         positions = torch.arange(tokens.shape[1], device=tokens.device)
         biases = self.cross_attention_biases(tokens, positions, self.grid_of(memory.shape[1], grid))
-        cross = [layer.cross_attn.project_kv(memory) for layer in self.layers]
-        return self._run(tokens, positions, cross, None, return_attention, biases)
+        return self._run(tokens, positions, self.cross_kv(memory), None, return_attention, biases)
 
     def step(self, tokens: Tensor, cache: BoxPriorCache, return_attention: bool = False):
         """Chapter 05's `step`, writing the new tokens into `cache.tokens` first, so that the bias can read

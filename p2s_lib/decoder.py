@@ -193,10 +193,14 @@ class Decoder(DecoderStack):
     """The paper's decoder, called on a whole sequence (training) or one step at a time through a KV cache
     (generation) (ch. 05)."""
 
+    def cross_kv(self, memory: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """Each layer's cross-attention keys and values of the image memory [B, N, d]: once per image."""
+        return [layer.cross_attn.project_kv(memory) for layer in self.layers]
+
     def new_cache(self, memory: Tensor, grid: tuple[int, int] | None = None) -> KVCache:
         """Empty cache for images `memory` [B, N, d]: cross-attention K/V are computed here, once.
         `grid` (the memory's (h, w)) is ignored."""
-        return KVCache([layer.cross_attn.project_kv(memory) for layer in self.layers], self.max_len)
+        return KVCache(self.cross_kv(memory), self.max_len)
 
     def check_inputs(self, tokens: Tensor, memory: Tensor | None, cache: KVCache | None) -> None:
         """Raise ValueError on a bad `forward` call (host-side: nothing waits for the device)."""
@@ -223,8 +227,8 @@ class Decoder(DecoderStack):
             out = self.step(tokens, cache, return_attention)
             cache.length += tokens.shape[1]
             return out
-        cross = [layer.cross_attn.project_kv(memory) for layer in self.layers]
-        return self._run(tokens, torch.arange(tokens.shape[1], device=tokens.device), cross, None, return_attention)
+        return self._run(tokens, torch.arange(tokens.shape[1], device=tokens.device), self.cross_kv(memory), None,
+                         return_attention)
 
     def step(self, tokens: Tensor, cache: KVCache, return_attention: bool = False):
         """The cached forward without the host-side checks: it reads and advances `cache.position` on the
