@@ -383,7 +383,9 @@ def test_train_transform_box_frames_the_object(h, w, seed, data):
     c, tol = torch.arange(S) + 0.5, 1.0
     in_x, in_y = (c > bx0 + tol) & (c < bx1 - tol), (c > by0 + tol) & (c < by1 - tol)
     out_x, out_y = (c < bx0 - tol) | (c > bx1 + tol), (c < by0 - tol) | (c > by1 + tol)
-    assert white[in_y][:, in_x].all()
+    # The resize is separable: each axis leaves a pixel more than `tol` inside an edge above 0.5, so a pixel
+    # near a corner, where both axes fall off, keeps more than 0.5 * 0.5 (seed 789 found one at 0.48).
+    assert (out[0][in_y][:, in_x] > 0.25).all()
     assert not white[out_y].any() and not white[:, out_x].any()
 
 
