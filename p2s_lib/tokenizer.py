@@ -12,8 +12,8 @@ from torch import Tensor
 from .quantize import dequantize, quantize
 
 # %% auto #0
-__all__ = ['TOKEN_COLORS', 'SLOT_NAMES', 'VocabularyLayout', 'Vocabulary', 'check_boxes', 'TokenizerEncoding', 'Tokenizer',
-           'pad_sequences', 'show_tokens']
+__all__ = ['TOKEN_COLORS', 'SLOT_NAMES', 'VocabularyLayout', 'Vocabulary', 'check_boxes', 'TokenizerEncoding', 'pad_sequences',
+           'Tokenizer', 'show_tokens']
 
 # %% ../notebooks/02_tokenizer.ipynb #ch02-05
 def _check_int(name: str, value, minimum: int) -> int:
@@ -185,6 +185,22 @@ class TokenizerEncoding(Vocabulary):
         return torch.cat([bos, objects, eos])
 
 
+# %% ../notebooks/02_tokenizer.ipynb #ch02-18
+def pad_sequences(seqs, pad_id: int, length: int | None = None) -> Tensor:
+    "Right-pad 1-D int sequences with `pad_id` into a [B, L] LongTensor (L = longest, or `length`). Chapter 02."
+    seqs = [_as_ids(s, "sequences") for s in seqs]
+    if any(s.ndim != 1 for s in seqs):
+        raise ValueError(f"pad_sequences expects 1-D sequences, got shapes {[tuple(s.shape) for s in seqs]}")
+    longest = max((len(s) for s in seqs), default=0)
+    if length is None:
+        length = longest
+    elif length < longest:
+        raise ValueError(f"length={length} is shorter than the longest sequence ({longest})")
+    out = torch.full((len(seqs), length), pad_id, dtype=torch.long)
+    for row, s in zip(out, seqs):
+        row[: len(s)] = s
+    return out
+
 # %% ../notebooks/02_tokenizer.ipynb #a079519d
 class Tokenizer(TokenizerEncoding):
     "Encode (boxes, labels) as BOS, (ymin, xmin, ymax, xmax, class) x n, EOS and decode back. Chapter 02."
@@ -228,22 +244,6 @@ class Tokenizer(TokenizerEncoding):
         "[B, L] token sequences -> list of (boxes, labels), one per row."
         return [self.decode(row, drop_noise) for row in _as_ids(tokens)]
 
-
-# %% ../notebooks/02_tokenizer.ipynb #ch02-18
-def pad_sequences(seqs, pad_id: int, length: int | None = None) -> Tensor:
-    "Right-pad 1-D int sequences with `pad_id` into a [B, L] LongTensor (L = longest, or `length`). Chapter 02."
-    seqs = [_as_ids(s, "sequences") for s in seqs]
-    if any(s.ndim != 1 for s in seqs):
-        raise ValueError(f"pad_sequences expects 1-D sequences, got shapes {[tuple(s.shape) for s in seqs]}")
-    longest = max((len(s) for s in seqs), default=0)
-    if length is None:
-        length = longest
-    elif length < longest:
-        raise ValueError(f"length={length} is shorter than the longest sequence ({longest})")
-    out = torch.full((len(seqs), length), pad_id, dtype=torch.long)
-    for row, s in zip(out, seqs):
-        row[: len(s)] = s
-    return out
 
 # %% ../notebooks/02_tokenizer.ipynb #ch02-21
 TOKEN_COLORS = {"special": "#9a9a9a", "pad": "#dddddd", "coord": "#5b8fd6", "class": "#f0a04b", "noise": "#d9534f"}
