@@ -8,8 +8,11 @@ import pytest
 import torch
 import torchvision
 
-from p2s_lib.model import (PRESETS, CheckpointError, Pix2Seq, count_parameters, cross_attention_maps,
-                           input_slot_names, load_model, save_model, show_cross_attention)
+from p2s_lib.box_prior import BoxPriorDecoder
+from p2s_lib.decoder import Decoder
+from p2s_lib.model import (PRESETS, CheckpointError, Pix2Seq, build_decoder, count_parameters, cross_attention_maps,
+                           input_slot_names, load_model, part_arguments, preset_arguments, save_model,
+                           show_cross_attention)
 from p2s_lib.tokenizer import Tokenizer
 
 
@@ -70,10 +73,12 @@ def test_forward_shapes(nano):
     assert memory.shape == (2, 64, 192)
 
 
-def test_r50_parameter_count_matches_paper():
+def test_r50_parameter_count_against_the_official_readme():
     model = Pix2Seq.from_preset("r50", num_classes=80, pretrained=False)  # COCO; nothing downloaded
     n = count_parameters(model)
-    assert abs(n - 36.6e6) / 36.6e6 < 0.10, n
+    # google-research/pix2seq README: 36.6M (36,587,768 from its code); ours lacks exactly its encoder->decoder
+    # block (592,384), 3000 - 1084 vocabulary ids x 257, and 512 - 502 decoder positions x 256 (ch. 05b, section 3)
+    assert n == 36_587_768 - 592_384 - (3000 - 1084) * 257 - (512 - 502) * 256, n
     assert model.tokenizer.num_bins == 1000 and model.tokenizer.max_objects == 100 and model.image_size == 640
     assert len(model.encoder.layers) == 6 and len(model.decoder.layers) == 6
 
@@ -93,10 +98,6 @@ def test_overrides():
     assert m.decoder.token_emb.num_embeddings == m.tokenizer.vocab_size
     assert m.decoder.pos_emb.num_embeddings == m.tokenizer.max_seq_len == 22
     assert m.image_size == 96 and len(m.decoder.layers) == 1 and m.decoder.drop.p == 0.0
-    with pytest.raises(ValueError, match=r"unknown preset field\(s\) \['bins'\]"):
-        Pix2Seq.from_preset("nano", num_classes=3, bins=10)
-    with pytest.raises(ValueError, match="unknown preset 'huge'"):
-        Pix2Seq.from_preset("huge", num_classes=3)
 
 
 def test_sincos_init_applied_by_preset():
@@ -136,15 +137,49 @@ def test_from_config_does_not_download(monkeypatch, tmp_path):
         Pix2Seq.from_config(cfg, pretrained=True)
 
 
-def test_constructor_checks():
+def test_preset_arguments():
+    args = preset_arguments("nano", num_classes=3, num_bins=100, max_objects=4)
+    assert set(args) == {"tokenizer", "encoder", "decoder", "image_size", "sincos_init"}
+    assert args["tokenizer"] == Tokenizer(num_classes=3, num_bins=100, max_objects=4)
+    assert args["encoder"]["backbone"] == "tiny" and args["encoder"]["num_layers"] == 0
+    assert args["decoder"]["num_layers"] == 3 and args["decoder"]["box_prior"] == [args["tokenizer"].coord_offset, 100]
+    assert preset_arguments("r50", num_classes=3)["decoder"]["box_prior"] is None
+    with pytest.raises(ValueError, match=r"unknown preset field\(s\) \['bins'\]"):
+        preset_arguments("nano", num_classes=3, bins=10)
+    with pytest.raises(ValueError, match="unknown preset 'huge'"):
+        preset_arguments("huge", num_classes=3)
+
+
+def test_part_arguments():
     tok = Tokenizer(num_classes=2, num_bins=16, max_objects=3)
     enc = dict(backbone="tiny", d_model=64, num_layers=0)
-    m = Pix2Seq(tok, enc, dict(num_layers=1, num_heads=4, dim_feedforward=64), image_size=64)
-    assert m.decoder.d_model == 64 and m.tokenizer is tok
+    enc_args, dec_args = part_arguments(tok, enc, dict(num_layers=1))
+    assert enc_args["backbone"] == "tiny" and "memory_norm" in enc_args              # defaults filled in
+    assert dec_args["d_model"] == 64 and dec_args["num_layers"] == 1
+    assert (dec_args["vocab_size"], dec_args["max_len"]) == (tok.vocab_size, tok.max_seq_len)
+    assert dec_args["box_prior"] is None and dec_args["partial_box_prior"] is False
     with pytest.raises(ValueError, match="d_model differ"):
-        Pix2Seq(tok, enc, dict(d_model=32), image_size=64)
+        part_arguments(tok, enc, dict(d_model=32))
     with pytest.raises(ValueError, match="comes from the tokenizer"):
-        Pix2Seq(tok, enc, dict(vocab_size=10), image_size=64)
+        part_arguments(tok, enc, dict(vocab_size=10))
+
+
+def test_build_decoder():
+    tok = Tokenizer(num_classes=2, num_bins=16, max_objects=3)
+    _, plain = part_arguments(tok, dict(backbone="tiny", d_model=64), dict(num_layers=1))
+    _, prior = part_arguments(tok, dict(backbone="tiny", d_model=64),
+                              dict(num_layers=1, box_prior=[tok.coord_offset, tok.num_bins]))
+    assert type(build_decoder(plain)) is Decoder
+    assert isinstance(build_decoder(prior), BoxPriorDecoder)
+
+
+def test_constructor():
+    tok = Tokenizer(num_classes=2, num_bins=16, max_objects=3)
+    m = Pix2Seq(tok, dict(backbone="tiny", d_model=64, num_layers=0),
+                dict(num_layers=1, num_heads=4, dim_feedforward=64), image_size=64)
+    assert m.decoder.d_model == 64 and m.tokenizer is tok and m.image_size == 64
+    assert "vocab_size" not in m.config["decoder"] and m.config["tokenizer"] == tok.to_dict()
+    assert {k.split(".")[0] for k in m.state_dict()} == {"encoder", "decoder"}
 
 
 def test_cross_attention_maps(nano):
