@@ -11,7 +11,7 @@ from torch import Tensor
 
 # %% auto #0
 __all__ = ['DEMO_CLASSES', 'quantize', 'dequantize', 'max_quantization_error', 'normalize_boxes', 'denormalize_boxes',
-           'demo_scene', 'snap_boxes']
+           'snap_boxes', 'demo_scene']
 
 # %% ../notebooks/01_quantize.ipynb #ch01-05
 def _check_num_bins(num_bins: int) -> int:
@@ -75,6 +75,12 @@ def denormalize_boxes(boxes: Tensor, height: float, width: float) -> Tensor:
     boxes = _check_boxes(boxes)
     return boxes * _scale(height, width, boxes)
 
+# %% ../notebooks/01_quantize.ipynb #ch01-17
+def snap_boxes(boxes: Tensor, num_bins: int) -> Tensor:
+    "Normalized boxes -> the nearest boxes expressible with `num_bins` bins (clipped to [0, 1]). Chapter 01."
+    boxes = _check_boxes(boxes)
+    return dequantize(quantize(boxes, num_bins), num_bins)
+
 # %% ../notebooks/01_quantize.ipynb #ch01-14
 DEMO_CLASSES = ("sun", "house", "tree", "ball")
 
@@ -92,7 +98,6 @@ def demo_scene(height: int = 120, width: int = 160, seed: int = 0) -> tuple[np.n
     return np.asarray(canvas), b, torch.tensor(labels, dtype=torch.int64)
 
 
-# %% ../notebooks/01_quantize.ipynb #78ac9c36
 def _paint_backdrop(H: int, W: int, rng: np.random.Generator):
     "Sky gradient with soft clouds over a textured meadow, as a PIL image."
     from PIL import Image
@@ -137,9 +142,3 @@ def _paint_objects(draw, H: int, W: int, rng: np.random.Generator) -> tuple[list
     add(bx - br, by - br, bx + br, by + br, 3)
     return boxes, labels
 
-
-# %% ../notebooks/01_quantize.ipynb #ch01-17
-def snap_boxes(boxes: Tensor, num_bins: int) -> Tensor:
-    "Normalized boxes -> the nearest boxes expressible with `num_bins` bins (clipped to [0, 1]). Chapter 01."
-    boxes = _check_boxes(boxes)
-    return dequantize(quantize(boxes, num_bins), num_bins)
