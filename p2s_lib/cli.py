@@ -37,6 +37,7 @@ from .recipes import RECIPES, make_config
 FLAGS = [f for f in fields(TrainConfig) if f.name != "sources"]
 
 
+# %% ../notebooks/12_cli.ipynb #23e5c913
 def field_help(cls: type) -> dict[str, str]:
     """Each field's trailing `# comment` in the source of dataclass `cls`: its flag's --help ({} without source)."""
     try:
@@ -53,6 +54,7 @@ def field_help(cls: type) -> dict[str, str]:
     return {first[line]: text for line, text in comment.items() if first.get(line) in names}
 
 
+# %% ../notebooks/12_cli.ipynb #6c3c39e7
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """One `--flag` per TrainConfig field (underscores become dashes), its comment as help; an untyped flag
     stays unset."""
@@ -105,7 +107,7 @@ def cli_evaluate(args: argparse.Namespace) -> dict:
         raise ValueError(f"--max-images must be >= 1, got {args.max_images}")
     decoding = decoding_settings(info, args)
     metrics, preds, targets = evaluate_model(model.eval(), data, batch_size=args.batch_size,
-                                             max_images=args.max_images, progress=True, compile=args.compile,
+                                             max_images=args.max_images, progress=args.progress, compile=args.compile,
                                              autocast=args.amp, **decoding)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -208,7 +210,8 @@ def cli_demo(args: argparse.Namespace) -> dict:
     if world_size > 1:
         dist.barrier()  # the data exist before any rank reads them
     cfg = make_config("cpu", given_by="demo", data_root=str(root), classes="synthetic", vflip=0.5, transpose=0.5,
-                      max_minutes=args.minutes, out=str(out), num_workers=args.num_workers, seed=args.seed)
+                      max_minutes=args.minutes, out=str(out), num_workers=args.num_workers, seed=args.seed,
+                      progress=args.progress)
     Trainer(cfg).fit()
     if world_size > 1:
         dist.barrier()  # rank 0 has written best.pt
@@ -259,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-images", type=int, default=None)
     ev.add_argument("--labels-per-object", type=int, default=None,
                     help="detections per decoded object: its k likeliest classes (default: the checkpoint's run, else 1)")
+    ev.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                    help="a tqdm bar over the batches (as train's --progress)")
     ev.set_defaults(func=cli_evaluate)
     pr = sub.add_parser("predict", help="draw a checkpoint's detections on images (exit code 1 if some can't be read)")
     add_evaluation_arguments(pr, "predict")
@@ -271,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="runs/demo")
     demo.add_argument("--num-workers", type=int, default=0)
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                      help="a tqdm bar over the training steps (as train's --progress)")
     demo.set_defaults(func=cli_demo)
     return parser
 

@@ -6,7 +6,7 @@ import pytest
 
 from p2s_lib.cli import main
 from p2s_lib.model import load_model
-from p2s_lib.recipes import CPU, PAPER, RECIPES, VOC, Recipe, make_config, recipe_for
+from p2s_lib.recipes import CPU, PAPER, RECIPES, RESULTS, SETTINGS, VOC, Recipe, check_setting_names, make_config, recipe_for
 from p2s_lib.config import TrainConfig, validate_config
 
 
@@ -29,10 +29,20 @@ def test_the_preset_picks_its_recipe_and_an_unknown_one_is_refused():
     assert make_config(recipe="paper", preset="nano").preset == "nano"        # a flag beats the recipe's preset
     with pytest.raises(ValueError, match="--recipe must be one of \\['cpu', 'paper', 'voc'\\], got 'fast'"):
         make_config(recipe="fast")
-    with pytest.raises(ValueError, match="unknown setting\\(s\\) \\['learning_rate'\\]"):
+
+
+def test_a_misspelt_setting_or_a_value_without_its_source_is_refused_naming_it():
+    check_setting_names(["lr", "decay_frac"], "fine")                      # valid names pass
+    with pytest.raises(ValueError, match=r"recipe 'bad': unknown setting\(s\) \['decay_fraction'\] "
+                                         r"\('decay_fraction': did you mean 'decay_frac'\?\)") as refused:
+        Recipe("bad", "a typo", {"decay_fraction": (0.35, "nowhere")})
+    assert str(refused.value).endswith(", ".join(SETTINGS))               # and every valid name
+    assert "recipe" not in SETTINGS and "sources" not in SETTINGS          # not settable
+    with pytest.raises(ValueError, match=r"recipe 'bad': lr must be \(value, source\), got 0.001"):
+        Recipe("bad", "no source", {"lr": 1e-3})
+    with pytest.raises(ValueError, match=r"make_config: unknown setting\(s\) \['learning_rate'\] "
+                                         r"\('learning_rate': no close name\)"):
         make_config(learning_rate=1e-3)
-    with pytest.raises(ValueError, match="\\['lr_peak'\\] are not TrainConfig fields"):
-        Recipe("bad", "a typo", {"lr_peak": (1e-3, "nowhere")})
 
 
 def test_every_recipe_value_names_its_source_and_voc_says_it_is_unmeasured():
@@ -40,7 +50,8 @@ def test_every_recipe_value_names_its_source_and_voc_says_it_is_unmeasured():
     for recipe in RECIPES.values():
         assert recipe.purpose and set(recipe.settings) <= names
         assert all(isinstance(source, str) and len(source) > 5 for _, source in recipe.settings.values())
-    assert "NOT YET MEASURED" in VOC.purpose
+    assert "NOT YET MEASURED" in VOC.purpose and "last.pt" in VOC.settings["val_set"][1]  # best.pt is picked on test
+    assert RESULTS not in CPU.settings["scale_min"][1]                     # a choice, not a measurement
     assert (VOC.settings["train_set"][0], VOC.settings["val_set"][0]) == ("trainval", "test")
     assert VOC.settings["pretrained"][0] is True and VOC.settings["backbone_lr_frac"][0] == 0.1
     cfg = make_config(recipe="voc", world_size=1)

@@ -85,6 +85,17 @@ def test_predict_draws_every_readable_image_and_names_each_unreadable_one(traine
     assert "no images" in capsys.readouterr().err
 
 
+def test_evaluate_and_demo_take_no_progress_as_train_does(trained, tmp_path, capsys):
+    from p2s_lib.cli import build_parser
+    parser = build_parser()
+    for argv in (["train"], ["evaluate", "--checkpoint", "x"], ["demo"]):
+        assert getattr(parser.parse_args(argv), "progress", True) and parser.parse_args([*argv, "--no-progress"]).progress is False
+    evaluate = ["evaluate", "--checkpoint", str(trained["checkpoint"]), "--data-root", str(trained["root"]),
+                "--image-set", "test", "--max-images", "2", "--out", str(tmp_path / "eval")]
+    assert main(evaluate) == 0 and "evaluate:" in capsys.readouterr().err       # a tqdm bar by default
+    assert main([*evaluate, "--no-progress"]) == 0 and "evaluate:" not in capsys.readouterr().err
+
+
 def test_coco_json_data_trains_evaluates_and_predicts(trained, tmp_path, capsys):
     from p2s_lib.coco import voc_to_coco
     images = trained["root"] / "VOCdevkit" / "VOC2007" / "JPEGImages"
@@ -150,8 +161,10 @@ def test_an_empty_split_file_stops_train_at_once_naming_it(synthetic_root, tmp_p
 
 def test_demo_trains_scores_and_draws(synthetic_root, tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--minutes", "0.1", "--data-root", str(synthetic_root), "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
+    assert main(["demo", "--minutes", "0.1", "--data-root", str(synthetic_root), "--out", str(out), "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert "train:" not in captured.err                                 # --no-progress reaches the trainer
+    printed = captured.out
     summary = json.loads(printed[printed.rindex("{\n"):])
     assert {"test_map_50", "test_map"} <= set(summary) and summary["test_map_50"] >= summary["test_map"]
     assert (out / "predictions.png").stat().st_size > 0 and (out / "curves.png").exists()
