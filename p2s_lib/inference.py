@@ -81,7 +81,7 @@ def next_token(logits: Tensor, greedy: bool, temperature: float, top_k: int, top
         return logits.argmax(-1)
     probs = top_k_top_p_filter(logits / temperature, top_k, top_p).softmax(-1)
     if seeds is not None:
-        return sample_tokens(probs, seeds, step)
+        return sample_tokens(probs, seeds, step)            # per-image draws: defined in the appendix
     if generator is not None:
         probs = probs.to(generator.device)
     return torch.multinomial(probs, 1, generator=generator)[:, 0].to(logits.device)
@@ -143,7 +143,7 @@ def generate(model: nn.Module, images: Tensor, max_objects: int | None = None, g
     if seeds is not None:
         seeds = seeds.to(device)
     dtype = amp_dtype(device, autocast)
-    decoder_step = compiled_decoder_step() if compile and use_cache else _decoder_step
+    decoder_step = compiled_decoder_step() if compile and use_cache else _decoder_step   # compiled: appendix
     masks = step_masks(tok, n_obj, delayed_eos, slot_mask).to(device)                    # [steps, V]
     classes = slice(tok.class_offset, tok.class_offset + tok.num_classes)
     coords = slice(tok.coord_offset, tok.coord_offset + tok.num_bins)
@@ -175,7 +175,7 @@ def generate(model: nn.Module, images: Tensor, max_objects: int | None = None, g
                     finished = finished | (nxt == tok.eos_id)
                 if refine_window and t % 5 != 4 and t < 5 * n_obj:                         # 2.6 sub-bin readout
                     chosen = (nxt - tok.coord_offset).clamp(0, tok.num_bins - 1)
-                    coord_bins[:, t] = refine_bin(logits[:, coords], chosen, refine_window, bins)
+                    coord_bins[:, t] = refine_bin(logits[:, coords], chosen, refine_window, bins)  # section 5
                 tokens[:, t] = nxt
                 last = nxt[:, None].contiguous()              # [B, 1], the same strides at every step
                 if not use_cache:

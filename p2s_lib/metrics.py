@@ -200,47 +200,33 @@ def summarize(precision: np.ndarray, recall: np.ndarray, voc: np.ndarray) -> dic
 PREDICTION_KEYS, TARGET_KEYS = ("boxes", "scores", "labels"), ("boxes", "labels")
 
 
-def _boxes(x, what: str, i: int) -> np.ndarray:
-    "One image's boxes as float64 [n, 4], checked: finite, xyxy with x2 >= x1 and y2 >= y1."
-    b = torch.as_tensor(x, dtype=torch.float64).numpy()
-    if b.size == 0:
-        return b.reshape(0, 4)
+def _check_image(d, what: str, i: int) -> dict:
+    """One image's dict as float64 numpy arrays (labels int64, difficult bool), checked: boxes [n, 4], finite, xyxy;
+    one finite value per box in every other field, labels integers >= 0. An error names the image and the field."""
+    keys = PREDICTION_KEYS if what == "predictions" else TARGET_KEYS
+    if not isinstance(d, dict) or any(k not in d for k in keys):
+        raise ValueError(f"{what}[{i}] must be a dict with keys {keys}, got {sorted(d) if isinstance(d, dict) else d!r}")
+    if what == "targets" and d.get("difficult") is not None:
+        keys += ("difficult",)
+    out = {k: torch.as_tensor(d[k], dtype=torch.float64).numpy() for k in keys}
+    b = out["boxes"] = out["boxes"].reshape(0, 4) if out["boxes"].size == 0 else out["boxes"]
     if b.ndim != 2 or b.shape[1] != 4:
         raise ValueError(f"{what}[{i}]['boxes'] must have shape [n, 4], got {tuple(b.shape)}")
     for bad, msg in ((~np.isfinite(b).all(1), "boxes must be finite"),
                      ((b[:, 2] < b[:, 0]) | (b[:, 3] < b[:, 1]), "boxes must be xyxy with x2 >= x1 and y2 >= y1")):
         if bad.any():
             raise ValueError(f"{what}[{i}]: {msg}, got box {b[bad.argmax()].tolist()}")
-    return b
-
-
-def _per_box(x, n: int, what: str, i: int, key: str) -> np.ndarray:
-    "One value per box (scores, labels, difficult) as float64 [n], checked."
-    v = torch.as_tensor(x).double().numpy()
-    if v.size == 0 and n == 0:
-        return v.reshape(0)
-    if v.ndim != 1 or v.shape[0] != n:
-        raise ValueError(f"{what}[{i}]['{key}'] must have shape [{n}] (one per box), got {tuple(v.shape)}")
-    if not np.isfinite(v).all():
-        raise ValueError(f"{what}[{i}]['{key}'] must be finite, got {v[~np.isfinite(v)][0]}")
-    if key == "labels" and ((v != v.round()) | (v < 0)).any():
-        raise ValueError(f"{what}[{i}]['labels'] must be integers >= 0, got {v[(v != v.round()) | (v < 0)][0]}")
-    return v
-
-
-def _check_image(d, what: str, i: int) -> dict:
-    "One image's dict as numpy arrays: boxes, labels (int64), and scores or difficult (bool)."
-    keys = PREDICTION_KEYS if what == "predictions" else TARGET_KEYS
-    if not isinstance(d, dict) or any(k not in d for k in keys):
-        raise ValueError(f"{what}[{i}] must be a dict with keys {keys}, got {sorted(d) if isinstance(d, dict) else d!r}")
-    out = {"boxes": _boxes(d["boxes"], what, i)}
-    n = len(out["boxes"])
-    for key in keys[1:]:
-        out[key] = _per_box(d[key], n, what, i, key)
+    for key in keys[1:]:                                                # one value per box
+        v = out[key] = out[key].reshape(0) if out[key].size == 0 and len(b) == 0 else out[key]
+        if v.shape != (len(b),):
+            raise ValueError(f"{what}[{i}]['{key}'] must have shape [{len(b)}] (one per box), got {tuple(v.shape)}")
+        wrong = ~np.isfinite(v) | ((v != v.round()) | (v < 0) if key == "labels" else False)
+        if wrong.any():
+            kind = "finite integers >= 0" if key == "labels" else "finite"
+            raise ValueError(f"{what}[{i}]['{key}'] must be {kind}, got {v[wrong][0]}")
     out["labels"] = out["labels"].astype(np.int64)
     if what == "targets":
-        difficult = d.get("difficult")
-        out["difficult"] = np.zeros(n, bool) if difficult is None else _per_box(difficult, n, what, i, "difficult") != 0
+        out["difficult"] = out["difficult"] != 0 if "difficult" in out else np.zeros(len(b), bool)
     return out
 
 
@@ -307,8 +293,8 @@ def export_coco_json(predictions: Sequence[dict], image_ids: Sequence, path: str
 # %% ../notebooks/09_metrics.ipynb #8c2aeed0
 def greedy_hits(pred: dict, target: dict, iou_threshold: float = 0.5, class_agnostic: bool = False) -> Tensor:
     """One image: bool [n_pred], True where a prediction finds an object. Predictions go in score order and each
-    takes at most one box, the best one still free with IoU >= threshold (same class unless `class_agnostic`),
-    as COCO's greedy matching does. No score threshold (chapter 09)."""
+    takes at most one box, the best one still free with IoU >= threshold (same class unless `class_agnostic`):
+    COCO-like greedy matching, but the first box wins an IoU tie. No score threshold (chapter 09)."""
     hit = torch.zeros(len(pred["boxes"]), dtype=torch.bool)
     if len(pred["boxes"]) == 0 or len(target["boxes"]) == 0:
         return hit
