@@ -40,7 +40,7 @@ def voc_to_coco(dataset: VOCDataset, path: str | Path) -> Path:
     dataset order, `file_name` relative to the image folder, category ids 1..K in `dataset.classes` order,
     bbox = pixel [x, y, w, h], iscrowd = VOC's difficult. See chapter 00d."""
     path = Path(path)
-    image_dir = getattr(dataset, "image_dir", None) or dataset.voc_dir / "JPEGImages"
+    image_dir = dataset.image_dir
     images, annotations = [], []
     for i, rec in enumerate(dataset.records):
         H, W = rec["size"]
@@ -183,6 +183,7 @@ class COCODataset(VOCDataset):
                  classes: Sequence[str] | str | None = None, transforms=None):
         self.annotation_file, self.image_dir = Path(annotation_file), Path(image_dir)
         self.image_set, self.transforms = self.annotation_file.name, transforms
+        self.root, self.year, self.voc_dir = self.image_dir, None, None  # VOCDataset's attributes; no VOC layout
         if not self.image_dir.is_dir():
             raise VOCMissingError(self.image_dir, f"image folder not found: {self.image_dir}")
         if isinstance(classes, str) and classes != "infer":

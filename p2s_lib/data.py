@@ -174,9 +174,10 @@ class VOCRecords(torch.utils.data.Dataset):
     names (label = index); "infer" -> sorted names found in the annotations. See chapter 00b."""
 
     def __init__(self, root: str | Path, year: str = "2007", image_set: str = "trainval",
-                 classes: Sequence[str] | str | None = None, transforms=None):
-        self.root, self.year, self.image_set, self.transforms = Path(root), str(year), image_set, transforms
+                 classes: Sequence[str] | str | None = None):
+        self.root, self.year, self.image_set = Path(root), str(year), image_set
         self.voc_dir = self.root / "VOCdevkit" / f"VOC{self.year}"
+        self.image_dir = self.voc_dir / "JPEGImages"
         if not self.voc_dir.is_dir():
             raise VOCMissingError(self.voc_dir, f"no VOC dataset at {self.voc_dir} (expected ROOT/VOCdevkit/VOC{self.year}). "
                                                 + _DATA_HINT)
@@ -201,7 +202,7 @@ class VOCRecords(torch.utils.data.Dataset):
         return self.voc_dir / "Annotations" / f"{self.ids[i]}.xml"
 
     def image_path(self, i: int) -> Path:
-        return self.voc_dir / "JPEGImages" / f"{self.ids[i]}.jpg"
+        return self.image_dir / f"{self.ids[i]}.jpg"
 
     @property
     def num_classes(self) -> int:
@@ -213,8 +214,13 @@ class VOCRecords(torch.utils.data.Dataset):
 
 # %% ../notebooks/00b_data.ipynb #9832c826
 class VOCDataset(VOCRecords):
-    """Pascal VOC detection dataset over `root/VOCdevkit/VOC{year}`, split `image_set` (arguments: `VOCRecords`).
+    """Pascal VOC detection dataset over `root/VOCdevkit/VOC{year}`, split `image_set` (arguments: `VOCRecords`'s).
     Items are (image float32 [3,H,W] in [0,1], target dict), through `transforms` if given. See chapter 00b."""
+
+    def __init__(self, root: str | Path, year: str = "2007", image_set: str = "trainval",
+                 classes: Sequence[str] | str | None = None, transforms=None):
+        super().__init__(root, year, image_set, classes)
+        self.transforms = transforms
 
     def __repr__(self) -> str:
         return (f"VOCDataset(year={self.year!r}, image_set={self.image_set!r}, {len(self)} images, "

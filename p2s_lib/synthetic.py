@@ -97,7 +97,8 @@ def _place_shape(rng: np.random.Generator, kind: str, s: float, theta: float, in
 def _render_image(rng: np.random.Generator, h: int, w: int, classes: Sequence[str], max_objects: int,
                   object_size: tuple[float, float], empty_prob: float, tiny_prob: float
                   ) -> tuple[np.ndarray, list[dict]]:
-    "Draw one synthetic image (uint8 [h, w, 3]) and its VOC objects (name, truncated, difficult, 1-based box)."
+    """Draw one synthetic image (uint8 [h, w, 3]) and its VOC objects (name, truncated, difficult, 1-based box, and
+    `visible`: the share of the shape's in-image pixels left uncovered, 0.15..1, not written to the XML)."""
     img = _background(rng, h, w)
     n = 0 if rng.random() < empty_prob else int(rng.integers(1, max_objects + 1))
     side = max(h, w)
@@ -138,6 +139,7 @@ def _render_image(rng: np.random.Generator, h: int, w: int, classes: Sequence[st
             truncated=int(x0 < -1 or y0 < -1 or x1 > w + 1 or y1 > h + 1),
             difficult=int(p["tiny"] or p["visible"] < 0.3 * p["area"]),
             bndbox=(int(cols[0]) + 1, int(rows[0]) + 1, int(cols[-1]) + 1, int(rows[-1]) + 1),  # 1-based, inclusive
+            visible=round(p["visible"] / p["area"], 2),
         ))
     return np.clip(img, 0, 255).round().astype(np.uint8), out
 

@@ -135,7 +135,7 @@ def make_transforms(train: bool, image_size: int, scale_range: tuple[float, floa
     for name, p in (("hflip", hflip), ("vflip", vflip), ("transpose", transpose)):
         if not 0 <= p <= 1:
             raise ValueError(f"{name} is a probability, got {p!r}")
-    if train:  # flips first (as the official code does), so padding always lands bottom/right, as in eval
+    if train:  # flips first; the official code flips after the crop and pads last: both pad bottom/right, as eval
         steps = [v2.RandomHorizontalFlip(hflip)]
         steps += [v2.RandomVerticalFlip(vflip)] if vflip > 0 else []
         steps += [RandomTranspose(transpose)] if transpose > 0 else []

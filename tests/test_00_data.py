@@ -137,6 +137,16 @@ def test_place_shape_keeps_every_shape_visible(seed, n, h, w):
         assert int((owner == j).sum()) == p["visible"]
 
 
+@pytest.mark.parametrize("seed", range(20))
+def test_render_image_reports_the_visible_share(seed):
+    """_render_image's `visible`: a share in [0.15, 1]; every object with less than 30 % visible is difficult."""
+    _, objects = synthetic._render_image(np.random.default_rng([0, seed]), 96, 128, SYNTHETIC_CLASSES, 6,
+                                         (0.09, 0.38), 0.0, 0.0)
+    for o in objects:
+        assert 0.15 <= o["visible"] <= 1.0
+        assert o["difficult"] == 1 or o["visible"] >= 0.3
+
+
 def test_generator_refuses_to_overwrite(tmp_path):
     make_synthetic_voc(tmp_path, num_images=3, image_size=48, seed=0)
     with pytest.raises(FileExistsError, match="overwrite"):
@@ -225,6 +235,8 @@ def test_records_base_parses_without_decoding(synthetic_root):
     for i in range(len(ds)):
         assert torch.equal(recs.records[i]["boxes"], ds[i][1]["boxes"])
     assert not hasattr(recs, "read_image")  # the index half decodes nothing
+    assert recs.image_dir == recs.voc_dir / "JPEGImages" and recs.image_path(0) == recs.image_dir / f"{recs.ids[0]}.jpg"
+    assert not hasattr(recs, "transforms") and ds.transforms is None  # transforms belong to the dataset half
 
 
 def test_classes_infer_given_default(synthetic_root):

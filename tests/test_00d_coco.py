@@ -117,6 +117,7 @@ def test_dataset_attributes(image_dir, coco_file):
     assert ds.image_path(0) == image_dir / f"{ds.ids[0]}.jpg"
     assert ds.coco_ids == list(range(1, 21)) and len(ds.coco.anns) == sum(len(r["boxes"]) for r in ds.records)
     assert ds.read_image(0).dtype == torch.uint8
+    assert ds.root == ds.image_dir == image_dir and ds.year is None and ds.voc_dir is None  # VOCDataset's attributes
 
 
 def test_round_trip_through_coco(image_dir, coco_file, tmp_path):
