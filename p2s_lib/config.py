@@ -36,7 +36,7 @@ class TrainConfig:
     spare_slots: int | None = None     # set: objects per sequence = the most in one training image + this
     epochs: int | None = None          # None: no epoch cap under --max-minutes (give one of the two)
     max_minutes: float | None = None   # wall-clock budget for the whole run, evaluation included
-    batch_size: int = 8                # images per step, over all processes
+    batch_size: int = 8                # images per step in each process (global batch = this x processes)
     lr: float = 3e-4                   # the peak learning rate (AdamW)
     backbone_lr_frac: float = 1.0      # the CNN trunk's lr is lr x this (DETR-style fine-tuning: 0.1)
     weight_decay: float = 0.05         # AdamW weight decay, on matrices and kernels only
@@ -44,7 +44,7 @@ class TrainConfig:
     warmup_frac: float = 0.05          # the part of the run spent warming the lr up from 0
     final_lr_frac: float = 0.05        # the lr at the end, as a fraction of the peak
     decay_frac: float = 1.0            # the lr decays over this last part of the run (< 1: hold the peak first)
-    grad_clip: float = 1.0             # each step, the gradient norm is clipped to this
+    grad_clip: float = 1.0             # each step, the gradient norm is clipped to this (> 0: p2s always clips)
     sequence_augmentation: bool = True # noise objects fill the sequence to max_objects (chapter 07)
     order: str = "random"              # the object order in a sequence (chapter 03)
     eos_weight: float = 0.1            # the loss weight of the EOS token (chapter 06)
@@ -106,10 +106,22 @@ def validate_config(cfg: TrainConfig) -> None:
               (cfg.backbone_lr_frac > 0, f"--backbone-lr-frac must be > 0, got {cfg.backbone_lr_frac}"),
               (cfg.lr > 0, f"--lr must be > 0, got {cfg.lr}"),
               (0 < cfg.decay_frac <= 1, f"--decay-frac must be in (0, 1], got {cfg.decay_frac}"),
+              (0 <= cfg.warmup_frac < 1, f"--warmup-frac must be in [0, 1), got {cfg.warmup_frac}"),
+              (0 <= cfg.final_lr_frac <= 1, f"--final-lr-frac must be in [0, 1], got {cfg.final_lr_frac}"),
+              (cfg.grad_clip > 0, f"--grad-clip must be > 0, got {cfg.grad_clip}: the gradient norm is always clipped "
+               "to it (p2s has no 'off' value; clip_grad_norm_ with -1 would flip the gradient, with 0 zero it)"),
+              (0 < cfg.scale_min <= cfg.scale_max,
+               f"--scale-min and --scale-max need 0 < min <= max, got {cfg.scale_min} and {cfg.scale_max}"),
+              (cfg.eos_weight >= 0, f"--eos-weight must be >= 0, got {cfg.eos_weight}"),
               *[(0 <= p <= 1, f"--{name} is a probability, got {p}")
                 for name, p in (("hflip", cfg.hflip), ("vflip", cfg.vflip), ("transpose", cfg.transpose))],
               (cfg.color_jitter >= 0, f"--color-jitter must be >= 0, got {cfg.color_jitter}"),
               (cfg.refine_window >= 0, f"--refine-window must be >= 0 bins, got {cfg.refine_window}"),
+              (0 < cfg.top_p <= 1, f"--top-p must be in (0, 1] (1: no nucleus cut), got {cfg.top_p}"),
+              (cfg.eval_every >= 1, f"--eval-every must be >= 1 epoch, got {cfg.eval_every}"),
+              (cfg.eval_images is None or cfg.eval_images >= 1,
+               f"--eval-images must be >= 1 (or None: all), got {cfg.eval_images}"),
+              (cfg.num_workers >= 0, f"--num-workers must be >= 0, got {cfg.num_workers}"),
               (cfg.max_minutes is None or cfg.max_minutes > 0, f"--max-minutes must be > 0, got {cfg.max_minutes}"),
               (cfg.image_size is None or cfg.image_size >= 32, f"--image-size must be >= 32, got {cfg.image_size}"),
               (cfg.max_objects is None or cfg.max_objects >= 1, f"--max-objects must be >= 1, got {cfg.max_objects}"),
