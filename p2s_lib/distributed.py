@@ -99,6 +99,7 @@ def evaluate_model(model: Pix2Seq, dataset: Dataset, batch_size: int = 32, max_i
         preds += [{k: v.cpu() for k, v in p.items()}
                   for p in predict(model, images.to(device), sizes, top_p=top_p, seeds=seeds, **generate_kwargs)]
         for t in batch_targets:
+            # boxes are fractions of the S x S canvas, padded bottom/right (ch. 00c): x longer side = pixels
             targets.append({"boxes": t["boxes"] * t["orig_size"].max(), "labels": t["labels"],
                             "difficult": t["difficult"], "image_id": t["image_id"]})
     order = gather_lists(mine)

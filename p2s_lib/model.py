@@ -20,7 +20,7 @@ from .box_prior import BoxPriorDecoder
 
 # %% ../notebooks/05b_model.ipynb #a628e5ea
 PRESETS: dict[str, dict] = {
-    # a CPU model: trains in minutes at 128 px. Why its switches differ from r50's: ch. 05b (box priors: ch. 05a)
+    # a CPU model: trains in minutes at 128 px. Why its switches differ from r50's: section 3 (box priors: ch. 05a)
     "nano": dict(backbone="tiny", pretrained=False, d_model=192, encoder_layers=0, decoder_layers=3,
                  num_heads=4, dim_feedforward=384, dropout=0.0, image_size=128, num_bins=64,
                  max_objects=10, sincos_init=True, memory_norm=False, linear_init="torch", box_prior=True,
@@ -190,7 +190,7 @@ def input_slot_names(tokens: Tensor, tokenizer: Tokenizer, class_names=None) -> 
             for t, name in enumerate(names)]
 
 
-def show_cross_attention(axs, image: Tensor, maps: Tensor, titles, vmax: float = 12.0):
+def show_cross_attention(axs, image: Tensor, maps: Tensor, titles, vmax: float = 12.0, fontsize: int = 10):
     """Overlay attention maps [T, h, w] on an image [3, S, S], one per axis, as multiples of the uniform
     weight 1/(h*w) on the fixed scale [0, vmax]. Returns the last overlay, for a colour bar (ch. 05b)."""
     if len(maps) != len(axs) or len(titles) != len(axs):
@@ -200,6 +200,6 @@ def show_cross_attention(axs, image: Tensor, maps: Tensor, titles, vmax: float =
         ax.imshow(image.permute(1, 2, 0))
         overlay = ax.imshow(heat * cells, cmap="magma", alpha=0.6, vmin=0, vmax=vmax,
                             extent=(-0.5, S - 0.5, S - 0.5, -0.5))
-        ax.set_title(title, fontsize=9); ax.axis("off")
+        ax.set_title(title, fontsize=fontsize); ax.axis("off")
     return overlay
 

@@ -78,7 +78,7 @@ class TrainingCollate:
 
     def __call__(self, batch: list) -> tuple:
         images, targets = collate_fn(batch)
-        keys = tuple(k for t in targets for k in t["sample"])     # ints: hash() is the same in every process
+        keys = tuple(k for t in targets for k in t["sample"])     # ints: hash() agrees across processes (same Python)
         g = torch.Generator().manual_seed(hash((self.seed, *keys)) & (2 ** 63 - 1))
         sequences = build_batch(targets, self.tokenizer, order=self.order, augment=self.augment,
                                 eos_weight=self.eos_weight, generator=g)
