@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import operator
 
-import numpy as np
 import torch
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['DEMO_CLASSES', 'quantize', 'dequantize', 'max_quantization_error', 'normalize_boxes', 'denormalize_boxes',
-           'snap_boxes', 'demo_scene']
+__all__ = ['quantize', 'dequantize', 'max_quantization_error', 'normalize_boxes', 'denormalize_boxes', 'snap_boxes']
 
 # %% ../notebooks/01_quantize.ipynb #ch01-05
 def _check_num_bins(num_bins: int) -> int:
@@ -75,70 +73,12 @@ def denormalize_boxes(boxes: Tensor, height: float, width: float) -> Tensor:
     boxes = _check_boxes(boxes)
     return boxes * _scale(height, width, boxes)
 
+# %% ../notebooks/01_quantize.ipynb #5f5ec527
+from .draw import DEMO_CLASSES, demo_scene  # noqa: F401  chapter 00a's test scene (chapter 02 imports it from here)
+
+
 # %% ../notebooks/01_quantize.ipynb #ch01-17
 def snap_boxes(boxes: Tensor, num_bins: int) -> Tensor:
     "Normalized boxes -> the nearest boxes expressible with `num_bins` bins (clipped to [0, 1]). Chapter 01."
     boxes = _check_boxes(boxes)
     return dequantize(quantize(boxes, num_bins), num_bins)
-
-# %% ../notebooks/01_quantize.ipynb #ch01-14
-DEMO_CLASSES = ("sun", "house", "tree", "ball")
-
-
-def demo_scene(height: int = 120, width: int = 160, seed: int = 0) -> tuple[np.ndarray, Tensor, Tensor]:
-    "Paint a small outdoor scene: (image uint8 [H,W,3], pixel xyxy boxes float32 [5,4], labels int64 [5]). Chapter 01."
-    from PIL import ImageDraw
-    if height < 48 or width < 64:
-        raise ValueError(f"demo_scene needs height >= 48 and width >= 64, got {height}x{width}")
-    rng = np.random.default_rng(seed)
-    canvas = _paint_backdrop(height, width, rng)
-    boxes, labels = _paint_objects(ImageDraw.Draw(canvas), height, width, rng)
-    b = torch.tensor(boxes, dtype=torch.float32)
-    b[:, 0::2] = b[:, 0::2].clamp(0, width); b[:, 1::2] = b[:, 1::2].clamp(0, height)
-    return np.asarray(canvas), b, torch.tensor(labels, dtype=torch.int64)
-
-
-def _paint_backdrop(H: int, W: int, rng: np.random.Generator):
-    "Sky gradient with soft clouds over a textured meadow, as a PIL image."
-    from PIL import Image
-    horizon = int(0.55 * H)
-    t = np.linspace(0, 1, horizon)[:, None, None]
-    sky = (1 - t) * np.array([70, 130, 210]) + t * np.array([190, 220, 245])
-    g = np.linspace(0, 1, H - horizon)[:, None, None]
-    grass = (1 - g) * np.array([90, 160, 70]) + g * np.array([40, 110, 40])
-    img = np.concatenate([np.broadcast_to(sky, (horizon, W, 3)), np.broadcast_to(grass, (H - horizon, W, 3))])
-    clouds = np.asarray(Image.fromarray(rng.uniform(0, 255, (H // 12 + 1, W // 12 + 1)).astype(np.uint8))
-                        .resize((W, H), Image.BICUBIC), dtype=np.float64)[..., None] / 255
-    img = img + 40 * clouds * (np.arange(H) < horizon)[:, None, None]                   # soft clouds
-    tufts = np.kron(rng.normal(0, 8, (H // 2 + 1, W // 3 + 1)), np.ones((2, 3)))[:H, :W, None]
-    img = img + tufts * (np.arange(H) >= horizon)[:, None, None]                          # grass texture
-    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
-
-
-def _paint_objects(draw, H: int, W: int, rng: np.random.Generator) -> tuple[list, list]:
-    "Draw sun, house, two trees and a ball at jittered places; return their pixel boxes and labels."
-    j = lambda v, s: int(round(v + rng.uniform(-s, s)))  # jitter a position a little
-    boxes, labels = [], []
-
-    def add(x0, y0, x1, y1, label):  # shapes drawn on pixels x0..x1 inclusive -> edges x0..x1+1
-        boxes.append([x0, y0, x1 + 1, y1 + 1]); labels.append(label)
-
-    r = int(0.09 * H); cx, cy = j(0.82 * W, 0.04 * W), j(0.17 * H, 0.03 * H)               # sun
-    draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=(250, 210, 60)); add(cx - r, cy - r, cx + r, cy + r, 0)
-    hx0, hy0 = j(0.12 * W, 0.03 * W), j(0.45 * H, 0.02 * H); hw, hh = int(0.28 * W), int(0.25 * H)  # house
-    ry0 = hy0 - int(0.2 * H)
-    draw.rectangle([hx0, hy0, hx0 + hw, hy0 + hh], fill=(200, 90, 70))
-    draw.polygon([(hx0 - 3, hy0), (hx0 + hw + 3, hy0), (hx0 + hw // 2, ry0)], fill=(110, 50, 40))
-    draw.rectangle([hx0 + hw // 2 - 4, hy0 + hh - 12, hx0 + hw // 2 + 4, hy0 + hh], fill=(70, 40, 20))
-    add(hx0 - 3, ry0, hx0 + hw + 3, hy0 + hh, 1)
-    for fx, fy, s in [(0.58, 0.30, 1.0), (0.86, 0.50, 0.6)]:                               # trees
-        tx, ty, cr = j(fx * W, 0.02 * W), j(fy * H, 0.02 * H), int(0.13 * H * s)
-        trunk_h, trunk_w = int(0.22 * H * s), max(2, int(0.03 * W * s))
-        draw.rectangle([tx - trunk_w, ty + cr // 2, tx + trunk_w, ty + cr + trunk_h], fill=(100, 65, 35))
-        draw.ellipse([tx - cr, ty - cr, tx + cr, ty + cr], fill=(35, 120, 45))
-        add(tx - cr, ty - cr, tx + cr, ty + cr + trunk_h, 2)
-    br = int(0.05 * H); bx, by = j(0.47 * W, 0.03 * W), j(0.85 * H, 0.02 * H)                # ball
-    draw.ellipse([bx - br, by - br, bx + br, by + br], fill=(230, 230, 240), outline=(200, 30, 30), width=2)
-    add(bx - br, by - br, bx + br, by + br, 3)
-    return boxes, labels
-

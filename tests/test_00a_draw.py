@@ -1,13 +1,14 @@
 """Chapter 00a: pictures of boxes."""
 import matplotlib
+import numpy as np
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from p2s_lib.data import VOCDataset
-from p2s_lib.draw import (CLASS_COLORS, class_color, draw_detections, draw_target, save_png, show_boxes, show_grid,
-                          text_color, tile_images)
-from p2s_lib.quantize import DEMO_CLASSES, demo_scene
+from p2s_lib.draw import (CLASS_COLORS, DEMO_CLASSES, class_color, demo_scene, draw_detections, draw_target, save_png,
+                          show_boxes, show_grid, text_color, tile_images)
 from p2s_lib.synthetic import SYNTHETIC_CLASSES
 from p2s_lib.transforms import make_transforms
 
@@ -99,3 +100,28 @@ def test_place_labels_moves_a_label_off_one_already_placed_and_off_a_tiny_object
     assert patches[:2, :2].tolist() == [[20, 20], [20, 90]]        # the first above its box, the second below
     assert (_intersection(patches, patches).triu(1) == 0).all()    # no two labels overlap
     assert _intersection(patches[2:], same[2:]).item() == 0        # the tiny object stays visible
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7])
+def test_demo_scene_is_seeded_and_its_boxes_fit(seed):
+    img, boxes, labels = demo_scene(seed=seed)
+    assert img.shape == (120, 160, 3) and img.dtype == np.uint8
+    assert boxes.shape == (len(labels), 4) and boxes.dtype == torch.float32
+    assert labels.dtype == torch.int64 and int(labels.max()) < len(DEMO_CLASSES)
+    assert bool((boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all())
+    assert float(boxes.min()) >= 0 and bool((boxes[:, 2] <= 160).all() and (boxes[:, 3] <= 120).all())
+    img2, boxes2, _ = demo_scene(seed=seed)
+    assert np.array_equal(img, img2) and torch.equal(boxes, boxes2)
+
+
+def test_demo_scene_boxes_cover_painted_objects():
+    img, boxes, _ = demo_scene()
+    sun = boxes[0].long()
+    patch = img[sun[1]:sun[3], sun[0]:sun[2]].astype(int)
+    yellow = (patch[..., 0] > 200) & (patch[..., 1] > 170) & (patch[..., 2] < 120)
+    assert yellow.mean() > 0.6  # the sun fills most of its box
+
+
+def test_demo_scene_bad_size():
+    with pytest.raises(ValueError, match="demo_scene"):
+        demo_scene(height=10, width=10)
