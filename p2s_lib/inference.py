@@ -205,18 +205,12 @@ def _as_sizes(orig_sizes, batch: int) -> Tensor:
 
 def postprocess(tokens: Tensor, class_probs: Tensor, tokenizer, orig_sizes=None,
                 labels_per_object: int = 1, coord_bins: Tensor | None = None) -> list[dict]:
-    """Turn generated tokens [B, L] (BOS excluded) into detections, one dict per image (chapter 08).
+    """Turn generated tokens [B, L] (BOS excluded) into detections, one dict per image (chapter 08, section 5).
 
-    Objects are read 5 tokens at a time up to the first EOS (no EOS: the whole sequence).
-    An object whose 4 first tokens are not all coordinates, or whose 5th is not a class token
-    (real or noise), is dropped. Its label is the argmax of `class_probs` (real classes at its
-    class step) and its score that probability. `labels_per_object=k` keeps the k most probable
-    classes instead, as k detections that share the box (a per-class output, like Faster R-CNN's):
-    a misread class still counts for mAP, at a lower score. ymin,xmin,ymax,xmax -> xyxy, ordered corners,
-    read from the tokens' bins, or from `coord_bins` [B, L] (`generate(refine_window=...)`) when given.
-    Boxes are normalized to the S x S canvas, or, with `orig_sizes` ((H, W) per image), pixels of
-    the original image (normalized * max(H, W), the eval transform's letterbox) clipped to it.
-    Boxes with zero width or height are dropped."""
+    Reads 5 tokens per object up to the first EOS and drops malformed or empty boxes. Label and score:
+    the argmax of `class_probs` and its probability (`labels_per_object=k`: the k best, sharing the box).
+    Coordinates from the tokens' bins, or from `coord_bins` [B, L] when given; normalized to the S x S
+    canvas, or, with `orig_sizes` ((H, W) per image), pixels of the original image, clipped to it."""
     if not 1 <= labels_per_object <= class_probs.size(-1):
         raise ValueError(f"labels_per_object must be in [1, {class_probs.size(-1)}] (the classes), "
                          f"got {labels_per_object!r}")

@@ -337,7 +337,7 @@ def plot_pr_curves(result: dict, class_names: Sequence[str] | None = None, iou_t
         ax = plt.subplots(figsize=(5, 4))[1]
     for k in range(K):
         if (prec[:, k] > -1).all():
-            ax.plot(RECALL_THRESHOLDS, prec[:, k].numpy(), label=f"{names[k]} (AP {prec[:, k].mean().item():.2f})")
+            ax.plot(RECALL_THRESHOLDS, prec[:, k].numpy(), label=f"{names[k]} (AP@{iou_threshold:g} {prec[:, k].mean().item():.2f})")
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02),
            title=f"precision-recall at IoU {iou_threshold:g}")
     ax.legend(loc="lower left", fontsize=8)
