@@ -129,6 +129,7 @@ def _label(ann: dict, coco: COCO, path: Path, cat_labels: dict[Any, int | None])
     return cat_labels[cat]
 
 
+# %% ../notebooks/00d_coco.ipynb #1aa23ea5
 def _image_record(img: dict, anns: list[dict], coco: COCO, path: Path, labels: dict[Any, int]
                   ) -> tuple[dict[str, Any], int, int]:
     "One image's record in VOCDataset's format, and how many of its boxes were clipped and dropped."
@@ -155,6 +156,7 @@ def _image_record(img: dict, anns: list[dict], coco: COCO, path: Path, labels: d
                 labels=torch.tensor(labs, dtype=torch.int64)), n_clipped, n_dropped
 
 
+# %% ../notebooks/00d_coco.ipynb #42e323c9
 def coco_records(coco: COCO, path: str | Path, classes: Sequence[str]) -> tuple[list[Any], list[dict[str, Any]]]:
     """(image ids sorted, their records in VOCDataset's format: pixel xyxy boxes clipped to the image, zero-area
     ones dropped with one `VOCWarning`, difficult = iscrowd, label = index in `classes`). See chapter 00d."""
@@ -177,7 +179,9 @@ def coco_records(coco: COCO, path: str | Path, classes: Sequence[str]) -> tuple[
 class COCODataset(VOCDataset):
     """A COCO JSON file + its image folder, with items exactly as `VOCDataset`'s. `classes`: None or "infer" ->
     category names by category id; a sequence -> those names (label = index). ids = file names without
-    extension, in image-id order. See chapter 00d."""
+    extension, in image-id order. `root` = `image_dir`; `year`, `voc_dir` None (no VOC layout); `image_set` = the
+    JSON file's name. Own methods: `image_path` (image_dir + file_name), `annotation_path` (the JSON file),
+    `read_image` (VOC's three checks, naming the image id) and `__repr__`. See chapter 00d."""
 
     def __init__(self, annotation_file: str | Path, image_dir: str | Path,
                  classes: Sequence[str] | str | None = None, transforms=None):
