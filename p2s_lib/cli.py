@@ -247,13 +247,16 @@ def add_evaluation_arguments(p: argparse.ArgumentParser, name: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    wide = lambda prog: argparse.HelpFormatter(prog, width=100)  # the top level's and each command's --help
     parser = argparse.ArgumentParser(prog="p2s", description="Pix2Seq: train, evaluate and predict on VOC- or "
-                                     "COCO-format data.", formatter_class=lambda prog: argparse.HelpFormatter(prog, width=100))
+                                     "COCO-format data.", formatter_class=wide)
     sub = parser.add_subparsers(dest="command", required=True)
-    train_p = sub.add_parser("train", help="train on VOC- or COCO-format data (a recipe decides what you don't say)")
+    train_p = sub.add_parser("train", formatter_class=wide,
+                        help="train on VOC- or COCO-format data (a recipe decides what you don't say)")
     add_train_arguments(train_p)
     train_p.set_defaults(func=cli_train)
-    ev = sub.add_parser("evaluate", help="mAP of a checkpoint on a VOC split or a COCO file")
+    ev = sub.add_parser("evaluate", formatter_class=wide,
+                        help="mAP of a checkpoint on a VOC split or a COCO file")
     add_evaluation_arguments(ev, "evaluate")
     ev.add_argument("--year", default="2007")
     ev.add_argument("--image-set", default="test", help="a VOC split name or a COCO .json file")
@@ -265,12 +268,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                     help="a tqdm bar over the batches (as train's --progress)")
     ev.set_defaults(func=cli_evaluate)
-    pr = sub.add_parser("predict", help="draw a checkpoint's detections on images (exit code 1 if some can't be read)")
+    pr = sub.add_parser("predict", formatter_class=wide,
+                        help="draw a checkpoint's detections on images (exit code 1 if some can't be read)")
     add_evaluation_arguments(pr, "predict")
     pr.add_argument("images", nargs="+", help="image files, folders of images, or a COCO .json file")
     pr.add_argument("--score-threshold", type=float, default=0.3)
     pr.set_defaults(func=cli_predict)
-    demo = sub.add_parser("demo", help="synthetic data + a few CPU minutes of training + mAP + pictures")
+    demo = sub.add_parser("demo", formatter_class=wide,
+                        help="synthetic data + a few CPU minutes of training + mAP + pictures")
     demo.add_argument("--minutes", type=float, default=5.0)
     demo.add_argument("--data-root", default="data/synthetic")
     demo.add_argument("--out", default="runs/demo")

@@ -70,21 +70,22 @@ CPU = Recipe("cpu", "nano on a small set (thousands of images near 128 px) on a 
 
 # %% ../notebooks/11_recipes.ipynb #0d60e5c3
 _OFFICIAL = "official configs/config_det_finetune.py"
+_TRANSFORMS = "official configs/transform_configs.py"   # the train-time transforms themselves
 PAPER = Recipe("paper", "paper-style, on GPUs: r50, the official fine-tune pipeline (640 px, batch 32), "
                         "the paper's 300 epochs from scratch", {
     "preset": ("r50", "paper (Architecture): a ResNet-50 trunk, 6 + 6 transformer layers"),
     "image_size": (640, f"{_OFFICIAL}: 640 x 640 (the paper's from-scratch runs: 1333 px)"),
     "batch_size": (32, f"{_OFFICIAL} (the paper's from-scratch runs: 128)"),
-    "lr": (3e-4, "a from-scratch choice, DETR-like: neither the paper's nor the official config's "
-                 "(its fine-tune uses 3e-5 from an Objects365-pretrained checkpoint)"),
+    "lr": (3e-4, "an unmeasured guess for training from scratch: not the official config's (it fine-tunes at "
+                 "3e-5 from an Objects365-pretrained checkpoint); DETR trains at 1e-4, its trunk at 1e-5"),
     "weight_decay": (0.05, _OFFICIAL),
     "beta2": (0.95, _OFFICIAL),
     "warmup_frac": (0.05, f"{_OFFICIAL}: 2 warmup epochs of 40"),
     "final_lr_frac": (0.01, f"{_OFFICIAL}: end_lr_factor 0.01"),
     "epochs": (300, "paper (sec. 3.1): 300 epochs from scratch on COCO"),
-    "scale_min": (0.3, f"{_OFFICIAL}: scale jitter 0.3-2.0"),
-    "scale_max": (2.0, f"{_OFFICIAL}: scale jitter 0.3-2.0"),
-    "hflip": (0.5, f"{_OFFICIAL}: horizontal flip"),
+    "scale_min": (0.3, f"{_OFFICIAL}: scale jitter 0.3-2.0 (the jitter step: {_TRANSFORMS})"),
+    "scale_max": (2.0, f"{_OFFICIAL}: scale jitter 0.3-2.0 (the jitter step: {_TRANSFORMS})"),
+    "hflip": (0.5, f"{_TRANSFORMS}: random_horizontal_flip in get_object_detection_train_transforms"),
     "order": ("random", "paper (ablation on sequence construction): random order works best"),
     "eos_weight": (0.1, _OFFICIAL),
     "top_p": (0.4, f"{_OFFICIAL}: nucleus sampling, p 0.4"),
@@ -96,7 +97,7 @@ PAPER = Recipe("paper", "paper-style, on GPUs: r50, the official fine-tune pipel
 _PORT = "Pretrained-Pix2Seq main.py (a PyTorch port from an ImageNet R50: 37.0 COCO AP)"
 VOC = Recipe("voc", "r50 on Pascal VOC 07+12 on a GPU, from an ImageNet trunk; NOT YET MEASURED on a GPU", {
     "preset": ("r50", "paper (Architecture): a ResNet-50 trunk, 6 + 6 transformer layers"),
-    "pretrained": (True, "every port starts from an ImageNet trunk, as torchvision's detectors do"),
+    "pretrained": (True, "the port (DETR's codebase) loads torchvision's ImageNet R50"),
     "year": ("2007+2012", "the usual VOC protocol: train on 07+12 trainval"),
     "train_set": ("trainval", "the usual VOC protocol"),
     "val_year": ("2007", "the usual VOC protocol: evaluate on 07 test"),
@@ -104,9 +105,9 @@ VOC = Recipe("voc", "r50 on Pascal VOC 07+12 on a GPU, from an ImageNet trunk; N
                         "checkpoint's (last.pt) figure: a pick on the test set is optimistic"),
     "classes": ("voc", "Pascal VOC's 20 classes"),
     "image_size": (640, f"{_OFFICIAL}: 640 x 640"),
-    "scale_min": (0.3, f"{_OFFICIAL}: scale jitter 0.3-2.0"),
-    "scale_max": (2.0, f"{_OFFICIAL}: scale jitter 0.3-2.0"),
-    "hflip": (0.5, f"{_OFFICIAL}: horizontal flip"),
+    "scale_min": (0.3, f"{_OFFICIAL}: scale jitter 0.3-2.0 (the jitter step: {_TRANSFORMS})"),
+    "scale_max": (2.0, f"{_OFFICIAL}: scale jitter 0.3-2.0 (the jitter step: {_TRANSFORMS})"),
+    "hflip": (0.5, f"{_TRANSFORMS}: random_horizontal_flip in get_object_detection_train_transforms"),
     "batch_size": (32, f"{_OFFICIAL} and {_PORT}: 32 images per step (per process here)"),
     "lr": (1e-3, f"{_PORT}: 1e-3 for the transformer at batch 32"),
     "backbone_lr_frac": (0.1, f"{_PORT}: 1e-4 for the ImageNet trunk (the DETR convention: a tenth)"),

@@ -261,3 +261,11 @@ def test_field_help_reads_each_fields_trailing_comment_and_train_help_shows_it(c
         main(["train", "--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "--progress, --no-progress a tqdm bar over the training steps" in out
+
+
+def test_every_commands_help_is_formatted_100_columns_wide(capsys):
+    for command in ("train", "evaluate", "predict", "demo"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        widths = [len(line) for line in capsys.readouterr().out.splitlines()]
+        assert 80 < max(widths) <= 100, (command, max(widths))
