@@ -73,10 +73,6 @@ def denormalize_boxes(boxes: Tensor, height: float, width: float) -> Tensor:
     boxes = _check_boxes(boxes)
     return boxes * _scale(height, width, boxes)
 
-# %% ../notebooks/01_quantize.ipynb #5f5ec527
-from .draw import DEMO_CLASSES, demo_scene  # noqa: F401  chapter 00a's test scene (chapter 02 imports it from here)
-
-
 # %% ../notebooks/01_quantize.ipynb #ch01-17
 def snap_boxes(boxes: Tensor, num_bins: int) -> Tensor:
     "Normalized boxes -> the nearest boxes expressible with `num_bins` bins (clipped to [0, 1]). Chapter 01."

@@ -145,8 +145,3 @@ def test_snap_boxes_is_idempotent_and_close(num_bins, seed):
     assert torch.allclose(snap_boxes(s, num_bins), s)
     assert (s - boxes).abs().max().item() <= max_quantization_error(num_bins) + 1e-6
 
-
-def test_demo_scene_is_still_importable_from_quantize():
-    # chapter 02 imports the scene from here; it is painted (and tested) in p2s_lib.draw, chapter 00a
-    from p2s_lib import draw, quantize as quantize_module
-    assert quantize_module.demo_scene is draw.demo_scene and quantize_module.DEMO_CLASSES is draw.DEMO_CLASSES
