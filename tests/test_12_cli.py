@@ -21,7 +21,14 @@ def trained(synthetic_root, tmp_path_factory) -> dict:
     return {"root": synthetic_root, "checkpoint": out / "best.pt"}
 
 
-def test_cli_train_evaluate_predict(synthetic_root, tmp_path, capsys):
+def test_cli_train_evaluate_predict(synthetic_root, tmp_path, capsys, monkeypatch):
+    """--compile must reach the compiled decoder step; the eager backend stands in for inductor here (its CPU
+    code generation takes most of a minute; tests/test_08_inference.py checks inductor's tokens)."""
+    import torch
+    from p2s_lib import inference
+    compiled, real_compile = [], torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: compiled.append(fn) or real_compile(fn, **{**kw, "backend": "eager"}))
+    monkeypatch.setattr(inference, "_COMPILED_STEP", None)
     out = tmp_path / "run"
     assert main(["train", "--data-root", str(synthetic_root), "--classes", "infer", "--preset", "nano",
                  "--image-size", "64", "--epochs", "1", "--batch-size", "4", "--num-workers", "0",
@@ -41,8 +48,9 @@ def test_cli_train_evaluate_predict(synthetic_root, tmp_path, capsys):
     assert main(["evaluate", "--checkpoint", str(out / "best.pt"), "--data-root", str(synthetic_root),
                  "--image-set", "test", "--max-images", "4", "--refine-window", "0", "--labels-per-object", "1",
                  "--compile", "--out", str(tmp_path / "eval_compiled")]) == 0  # the compiled decoder step
-    compiled = json.loads((tmp_path / "eval_compiled" / "predictions_coco.json").read_text())
-    assert [(d["image_id"], d["category_id"], d["bbox"]) for d in compiled] == \
+    assert compiled == [inference._decoder_step]                        # compiled once, the decoder step
+    from_compiled = json.loads((tmp_path / "eval_compiled" / "predictions_coco.json").read_text())
+    assert [(d["image_id"], d["category_id"], d["bbox"]) for d in from_compiled] == \
         [(d["image_id"], d["category_id"], d["bbox"]) for d in coco]       # the same draws, the same boxes
     assert main(["evaluate", "--checkpoint", str(out / "best.pt"), "--data-root", str(synthetic_root),
                  "--image-set", "test", "--max-images", "4", "--labels-per-object", "2", "--refine-window", "0",
