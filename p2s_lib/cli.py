@@ -2,8 +2,9 @@
 
 # %% auto #0
 __all__ = ['FLAGS', 'PAPER_DECODING', 'IMAGE_SUFFIXES', 'field_help', 'add_train_arguments', 'cli_train', 'decoding_settings',
-           'cli_evaluate', 'SomeInputsFailed', 'read_image_for_model', 'image_paths', 'cli_predict', 'first_label',
-           'cli_demo', 'add_evaluation_arguments', 'build_parser', 'main']
+           'add_evaluation_arguments', 'add_evaluate_arguments', 'cli_evaluate', 'SomeInputsFailed',
+           'read_image_for_model', 'image_paths', 'add_predict_arguments', 'cli_predict', 'first_label',
+           'add_demo_arguments', 'cli_demo', 'build_parser', 'main']
 
 # %% ../notebooks/12_cli.ipynb #ae042b3e
 import argparse
@@ -85,7 +86,7 @@ def cli_train(args: argparse.Namespace) -> dict:
         print(json.dumps(result, indent=1))
     return result
 
-# %% ../notebooks/12_cli.ipynb #85cc096f
+# %% ../notebooks/12_cli.ipynb #4adb6e72
 PAPER_DECODING = {"top_p": 0.4, "refine_window": 0, "labels_per_object": 1}
 
 
@@ -94,6 +95,35 @@ def decoding_settings(info: dict, args: argparse.Namespace) -> dict:
     run = info.get("train_config") or {}
     return {k: v if getattr(args, k, None) is None else getattr(args, k)
             for k, v in ((k, run.get(k, d)) for k, d in PAPER_DECODING.items())}
+
+
+# %% ../notebooks/12_cli.ipynb #59d652a5
+def add_evaluation_arguments(p: argparse.ArgumentParser, name: str) -> None:
+    """The flags `evaluate` and `predict` share: the checkpoint, the device, the decoding, the data."""
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--out", default=f"runs/{name}")
+    p.add_argument("--data-root", default=None, help="VOC: the folder holding VOCdevkit/; COCO: the image folder")
+    p.add_argument("--top-p", type=float, default=None, help="default: the checkpoint's run, else 0.4")
+    p.add_argument("--refine-window", type=int, default=None,
+                   help="sub-bin coordinates from the logits within w bins (default: the checkpoint's run, else 0)")
+    p.add_argument("--compile", action="store_true", help="decode with the compiled decoder step (torch.compile)")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="mixed precision while decoding (default: on CUDA only)")
+
+
+def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    """`p2s evaluate`'s flags: the shared ones, then the split to score, its classes and the batch."""
+    add_evaluation_arguments(p, "evaluate")
+    p.add_argument("--year", default="2007")
+    p.add_argument("--image-set", default="test", help="a VOC split name or a COCO .json file")
+    p.add_argument("--classes", default="infer")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-images", type=int, default=None)
+    p.add_argument("--labels-per-object", type=int, default=None,
+                   help="detections per decoded object: its k likeliest classes (default: the checkpoint's run, else 1)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                   help="a tqdm bar over the batches (as train's --progress)")
 
 
 def cli_evaluate(args: argparse.Namespace) -> dict:
@@ -158,7 +188,14 @@ def image_paths(inputs: list[str], root: str | None = None) -> list[Path]:
             raise FileNotFoundError(f"predict: no such image or directory: {item}")
     return paths
 
-# %% ../notebooks/12_cli.ipynb #16366af0
+# %% ../notebooks/12_cli.ipynb #d32102d3
+def add_predict_arguments(p: argparse.ArgumentParser) -> None:
+    """`p2s predict`'s flags: the shared ones, the images, and the score a box needs to be drawn."""
+    add_evaluation_arguments(p, "predict")
+    p.add_argument("images", nargs="+", help="image files, folders of images, or a COCO .json file")
+    p.add_argument("--score-threshold", type=float, default=0.3)
+
+
 @torch.inference_mode()
 def cli_predict(args: argparse.Namespace) -> list[dict]:
     """`p2s predict`: one picture and one JSON line per readable image; unreadable ones are named and skipped."""
@@ -199,7 +236,18 @@ def first_label(prediction: dict, labels_per_object: int) -> dict:
     return {k: v[::labels_per_object] for k, v in prediction.items()}
 
 
-# %% ../notebooks/12_cli.ipynb #01ebefe7
+# %% ../notebooks/12_cli.ipynb #bf9ad573
+def add_demo_arguments(p: argparse.ArgumentParser) -> None:
+    """`p2s demo`'s flags: it runs the cpu recipe itself, so only the minutes, the folders and the seed."""
+    p.add_argument("--minutes", type=float, default=5.0)
+    p.add_argument("--data-root", default="data/synthetic")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                   help="a tqdm bar over the training steps (as train's --progress)")
+
+
 def cli_demo(args: argparse.Namespace) -> dict:
     """The README's main job: synthetic VOC-format data, the cpu recipe for a few minutes, mAP, a picture."""
     root, out = Path(args.data_root), Path(args.out)
@@ -231,62 +279,27 @@ def cli_demo(args: argparse.Namespace) -> dict:
     print(json.dumps(summary, indent=1))
     return summary
 
-# %% ../notebooks/12_cli.ipynb #f21adedf
-def add_evaluation_arguments(p: argparse.ArgumentParser, name: str) -> None:
-    """The flags `evaluate` and `predict` share: the checkpoint, the device, the decoding, the data."""
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--out", default=f"runs/{name}")
-    p.add_argument("--data-root", default=None, help="VOC: the folder holding VOCdevkit/; COCO: the image folder")
-    p.add_argument("--top-p", type=float, default=None, help="default: the checkpoint's run, else 0.4")
-    p.add_argument("--refine-window", type=int, default=None,
-                   help="sub-bin coordinates from the logits within w bins (default: the checkpoint's run, else 0)")
-    p.add_argument("--compile", action="store_true", help="decode with the compiled decoder step (torch.compile)")
-    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                   help="mixed precision while decoding (default: on CUDA only)")
-
-
+# %% ../notebooks/12_cli.ipynb #c5867b7c
 def build_parser() -> argparse.ArgumentParser:
+    """`p2s` and its four commands, each with its flags and the function that runs it."""
     wide = lambda prog: argparse.HelpFormatter(prog, width=100)  # the top level's and each command's --help
     parser = argparse.ArgumentParser(prog="p2s", description="Pix2Seq: train, evaluate and predict on VOC- or "
                                      "COCO-format data.", formatter_class=wide)
     sub = parser.add_subparsers(dest="command", required=True)
-    train_p = sub.add_parser("train", formatter_class=wide,
-                        help="train on VOC- or COCO-format data (a recipe decides what you don't say)")
-    add_train_arguments(train_p)
-    train_p.set_defaults(func=cli_train)
-    ev = sub.add_parser("evaluate", formatter_class=wide,
-                        help="mAP of a checkpoint on a VOC split or a COCO file")
-    add_evaluation_arguments(ev, "evaluate")
-    ev.add_argument("--year", default="2007")
-    ev.add_argument("--image-set", default="test", help="a VOC split name or a COCO .json file")
-    ev.add_argument("--classes", default="infer")
-    ev.add_argument("--batch-size", type=int, default=32)
-    ev.add_argument("--max-images", type=int, default=None)
-    ev.add_argument("--labels-per-object", type=int, default=None,
-                    help="detections per decoded object: its k likeliest classes (default: the checkpoint's run, else 1)")
-    ev.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
-                    help="a tqdm bar over the batches (as train's --progress)")
-    ev.set_defaults(func=cli_evaluate)
-    pr = sub.add_parser("predict", formatter_class=wide,
-                        help="draw a checkpoint's detections on images (exit code 1 if some can't be read)")
-    add_evaluation_arguments(pr, "predict")
-    pr.add_argument("images", nargs="+", help="image files, folders of images, or a COCO .json file")
-    pr.add_argument("--score-threshold", type=float, default=0.3)
-    pr.set_defaults(func=cli_predict)
-    demo = sub.add_parser("demo", formatter_class=wide,
-                        help="synthetic data + a few CPU minutes of training + mAP + pictures")
-    demo.add_argument("--minutes", type=float, default=5.0)
-    demo.add_argument("--data-root", default="data/synthetic")
-    demo.add_argument("--out", default="runs/demo")
-    demo.add_argument("--num-workers", type=int, default=0)
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
-                      help="a tqdm bar over the training steps (as train's --progress)")
-    demo.set_defaults(func=cli_demo)
+    for name, add_arguments, command, text in (
+            ("train", add_train_arguments, cli_train,
+             "train on VOC- or COCO-format data (a recipe decides what you don't say)"),
+            ("evaluate", add_evaluate_arguments, cli_evaluate, "mAP of a checkpoint on a VOC split or a COCO file"),
+            ("predict", add_predict_arguments, cli_predict,
+             "draw a checkpoint's detections on images (exit code 1 if some can't be read)"),
+            ("demo", add_demo_arguments, cli_demo, "synthetic data + a few CPU minutes of training + mAP + pictures")):
+        command_parser = sub.add_parser(name, formatter_class=wide, help=text)
+        add_arguments(command_parser)
+        command_parser.set_defaults(func=command)
     return parser
 
 
+# %% ../notebooks/12_cli.ipynb #571e5559
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m p2s_lib` and the `p2s` console script. Exit codes: 0 done, 1 some inputs
     skipped (predict), 2 bad input or settings, 130 interrupted (training saved last.pt first)."""
