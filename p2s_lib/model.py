@@ -20,7 +20,7 @@ from .box_prior import BoxPriorDecoder
 
 # %% ../notebooks/05b_model.ipynb #a628e5ea
 PRESETS: dict[str, dict] = {
-    # a CPU model: trains in minutes at 128 px. Why its switches differ from r50's: section 3 (box priors: ch. 05a)
+    # a CPU model: trains in minutes at 128 px. Why its switches differ from r50's: section 1 (box priors: ch. 05a)
     "nano": dict(backbone="tiny", pretrained=False, d_model=192, encoder_layers=0, decoder_layers=3,
                  num_heads=4, dim_feedforward=384, dropout=0.0, image_size=128, num_bins=64,
                  max_objects=10, sincos_init=True, memory_norm=False, linear_init="torch", box_prior=True,
