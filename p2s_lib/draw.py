@@ -12,8 +12,8 @@ from torch import Tensor
 
 
 # %% auto #0
-__all__ = ['CLASS_COLORS', 'DEMO_CLASSES', 'class_color', 'text_color', 'place_labels', 'draw_target', 'draw_detections',
-           'show_boxes', 'show_grid', 'tile_images', 'save_png', 'demo_scene']
+__all__ = ['CLASS_COLORS', 'DEMO_CLASSES', 'class_color', 'text_color', 'place_labels', 'label_sizes', 'draw_target',
+           'draw_detections', 'show_boxes', 'show_grid', 'tile_images', 'save_png', 'demo_scene']
 
 # %% ../notebooks/00a_draw.ipynb #3f98fffe
 CLASS_COLORS: tuple[str, ...] = (
@@ -71,16 +71,27 @@ def place_labels(boxes: Tensor, sizes: Sequence[tuple[int, int]], canvas: tuple[
     return placed
 
 
-# %% ../notebooks/00a_draw.ipynb #ff82fb3e
+# %% ../notebooks/00a_draw.ipynb #3123b839
+def _label_font(font_size: int):
+    "DejaVu Sans (matplotlib's font) at `font_size` pixels, and the padding around a label's text."
+    from matplotlib import font_manager
+    from PIL import ImageFont
+    return ImageFont.truetype(font_manager.findfont("DejaVu Sans"), font_size), max(1, font_size // 8)
+
+
+def label_sizes(texts: Sequence[str], font_size: int) -> list[tuple[int, int]]:
+    "The (w, h) in pixels of each text's label patch: the text's width and the font's height, plus padding. Chapter 00a."
+    font, pad = _label_font(font_size)
+    return [(round(font.getlength(t)) + 2 * pad, font.getbbox("Ag")[3] + 2 * pad) for t in texts]
+
+
 def _burn_labels(img: Tensor, boxes: Tensor, texts: Sequence[str], colors: Sequence[str], font_size: int,
                  order: Sequence[int]) -> Tensor:
     "Each text on a patch of its colour, placed by `place_labels` in `order` (most important first, drawn on top)."
-    from matplotlib import font_manager
-    from PIL import Image, ImageDraw, ImageFont
-    font = ImageFont.truetype(font_manager.findfont("DejaVu Sans"), font_size)
-    pad, height = max(1, font_size // 8), font.getbbox("Ag")[3] + 2 * max(1, font_size // 8)
-    sizes = [(round(font.getlength(texts[k])) + 2 * pad, height) for k in order]
-    patches = place_labels(boxes[list(order)], sizes, canvas=tuple(img.shape[-2:]))
+    from PIL import Image, ImageDraw
+    font, pad = _label_font(font_size)
+    patches = place_labels(boxes[list(order)], label_sizes([texts[k] for k in order], font_size),
+                           canvas=tuple(img.shape[-2:]))
     picture = Image.fromarray(img.permute(1, 2, 0).contiguous().numpy())
     pen = ImageDraw.Draw(picture)
     for k, (x0, y0, x1, y1) in reversed(list(zip(order, patches.round().int().tolist()))):  # the first on top
