@@ -22,20 +22,24 @@ class TrainConfig:
     Defaults for a small model trained from scratch, not the official config's (chapter 10a lists where they differ);
     chapter 11's recipes set paper-style values, each with its source. `sources` says where each value came from
     (the recipes and the command line fill it); a field missing there is this default."""
+    # --- data ---
     data_root: str | None = None       # VOC: the folder holding VOCdevkit/; COCO: the folder of the images
     year: str = "2007"                 # one year, or several joined by "+" (e.g. "2007+2012")
     train_set: str | None = None       # a VOC split name or a COCO .json file; None: train, else trainval
     val_year: str = "2007"             # the year (or years, "+"-joined) of the validation split
     val_set: str | None = None         # None: val beside train, else test
     classes: str = "infer"             # "infer" (from the annotations), "voc", "synthetic", or "a,b,c"
+    # --- model ---
     preset: str = "nano"               # the model size (chapter 05b): nano, small or r50
     pretrained: bool | None = None     # start the trunk from ImageNet weights; None: the preset's (r50, small: yes)
     image_size: int | None = None      # None: the preset's size
     dropout: float | None = None       # None: the preset's dropout
     max_objects: int | None = None     # None: the preset's objects per sequence (real + noise; more real ones are cut)
     spare_slots: int | None = None     # set: objects per sequence = the most in one training image + this
+    # --- length ---
     epochs: int | None = None          # None: no epoch cap under --max-minutes (give one of the two)
     max_minutes: float | None = None   # wall-clock budget for the whole run, evaluation included
+    # --- optimizer ---
     batch_size: int = 8                # images per step in each process (global batch = this x processes)
     lr: float = 3e-4                   # the peak learning rate (AdamW)
     backbone_lr_frac: float = 1.0      # the CNN trunk's lr is lr x this (DETR-style fine-tuning: 0.1)
@@ -45,6 +49,7 @@ class TrainConfig:
     final_lr_frac: float = 0.05        # the lr at the end, as a fraction of the peak
     decay_frac: float = 1.0            # the lr decays over this last part of the run (< 1: hold the peak first)
     grad_clip: float = 1.0             # each step, the gradient norm is clipped to this (> 0: p2s always clips)
+    # --- augmentation ---
     sequence_augmentation: bool = True # noise objects fill the sequence to max_objects (chapter 07)
     order: str = "random"              # the object order in a sequence (chapter 03)
     eos_weight: float = 0.1            # the loss weight of the EOS token (chapter 06)
@@ -54,22 +59,25 @@ class TrainConfig:
     vflip: float = 0.0                 # vertical flip and x/y transpose: only for data with no "up"
     transpose: float = 0.0             # the probability of swapping x and y (as vflip: no "up")
     color_jitter: float = 0.0          # brightness/contrast/saturation strength (hue a quarter of it)
+    # --- evaluation ---
     eval_every: int = 1                # epochs
-    log_every: int = 10                # steps between loss logs, the only host syncs of the training loop
-    progress: bool = True              # a tqdm bar over the training steps (off: the log lines only)
     eval_images: int | None = 500      # cap on validation images per evaluation (None: all)
     top_p: float = 0.4                 # at evaluation: nucleus sampling keeps this much probability (chapter 08)
     labels_per_object: int = 1         # at evaluation: detections per object, its likeliest classes
     refine_window: int = 0             # at evaluation: sub-bin coordinates from +-w bins (0: the paper)
     delayed_eos: bool = True           # decode the full length at evaluation (chapter 08)
+    # --- runtime ---
     num_workers: int = 2               # data-loading processes per training process
     cache_images: bool = False         # keep decoded training images in memory (small sets)
+    log_every: int = 10                # steps between loss logs, the only host syncs of the training loop
+    progress: bool = True              # a tqdm bar over the training steps (off: the log lines only)
     out: str = "runs/p2s"              # the folder for checkpoints, the log and pictures
     seed: int = 0                      # one seed for the model, the data order and the augmentations
     amp: bool | None = None            # mixed precision: None on CUDA only (bf16, else fp16 + GradScaler); True: CPU too (bf16)
     compile: bool = False              # torch.compile the training step and the decoder step
     device: str = "auto"               # "auto" (CUDA if present), "cpu", "cuda", "cuda:1", ...
     stop_after_steps: int | None = None  # stop (and checkpoint) early, as if interrupted
+    # --- provenance ---
     recipe: str | None = None          # the recipe these values came from (chapter 11), None: none
     sources: dict = field(default_factory=dict)  # field -> where its value came from (not a flag)
 
