@@ -14,3 +14,16 @@ def synthetic_root(tmp_path_factory) -> Path:
 
     return make_synthetic_voc(tmp_path_factory.mktemp("synthetic"), year="2007", num_images=24,
                               image_size=96, seed=0)
+
+
+@pytest.fixture
+def eager_compile(monkeypatch) -> list:
+    """`torch.compile` with the eager backend standing in for inductor (whose CPU code generation takes most of a
+    minute): dynamo's graph capture runs for real. Returns the functions compiled; the decoder step's cached
+    compiled copy is reset so a test sees its own. tests/test_08_inference.py checks inductor itself."""
+    import torch
+    from p2s_lib import inference
+    compiled, real_compile = [], torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: compiled.append(fn) or real_compile(fn, **{**kw, "backend": "eager"}))
+    monkeypatch.setattr(inference, "_COMPILED_STEP", None)
+    return compiled

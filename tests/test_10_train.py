@@ -398,11 +398,9 @@ def test_amp_on_a_cpu_trains_under_bf16_autocast(synthetic_root, tmp_path):
     assert torch.bfloat16 in seen and result["step"] == 5 and math.isfinite(trainer.history[-2]["loss"])
 
 
-def test_compile_trains_on_a_cpu(synthetic_root, tmp_path, monkeypatch):
-    """`compile=True` trains through torch.compile. Dynamo's graph capture runs for real; the eager backend
-    stands in for inductor, whose CPU code generation alone takes most of a minute."""
-    compiled, real_compile = [], torch.compile
-    monkeypatch.setattr(torch, "compile", lambda fn, **kw: compiled.append(fn) or real_compile(fn, **{**kw, "backend": "eager"}))
+def test_compile_trains_on_a_cpu(synthetic_root, tmp_path, eager_compile):
+    """`compile=True` trains through torch.compile (under conftest's eager backend)."""
+    compiled = eager_compile
     result = Trainer(tiny_config(synthetic_root, tmp_path, compile=True, epochs=1)).fit()
     assert compiled and result["step"] == 5 and (tmp_path / "last.pt").exists()
     assert math.isfinite(load_model(tmp_path / "last.pt")[1]["history"][0]["loss"])

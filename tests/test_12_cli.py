@@ -21,14 +21,10 @@ def trained(synthetic_root, tmp_path_factory) -> dict:
     return {"root": synthetic_root, "checkpoint": out / "best.pt"}
 
 
-def test_cli_train_evaluate_predict(synthetic_root, tmp_path, capsys, monkeypatch):
-    """--compile must reach the compiled decoder step; the eager backend stands in for inductor here (its CPU
-    code generation takes most of a minute; tests/test_08_inference.py checks inductor's tokens)."""
-    import torch
+def test_cli_train_evaluate_predict(synthetic_root, tmp_path, capsys, eager_compile):
+    """--compile must reach the compiled decoder step (under conftest's eager backend)."""
     from p2s_lib import inference
-    compiled, real_compile = [], torch.compile
-    monkeypatch.setattr(torch, "compile", lambda fn, **kw: compiled.append(fn) or real_compile(fn, **{**kw, "backend": "eager"}))
-    monkeypatch.setattr(inference, "_COMPILED_STEP", None)
+    compiled = eager_compile
     out = tmp_path / "run"
     assert main(["train", "--data-root", str(synthetic_root), "--classes", "infer", "--preset", "nano",
                  "--image-size", "64", "--epochs", "1", "--batch-size", "4", "--num-workers", "0",
